@@ -1,0 +1,72 @@
+"""Default: ResNet18 (the reference's 20-layer CIFAR ResNet) + WA on CIFAR-10.
+
+The reference recipe (`../shared/reference-wacnn.md`, "Training recipe"):
+SGD momentum 0.9, weight decay 5e-4 coupled into every gradient, LR 0.1 for
+epochs 0-80, 0.01 for 81-120, 0.001 after, 160 epochs, batch 128, test batch 100.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # "train" runs train_and_evaluate; "evaluate" only evaluates a checkpoint.
+  config.mode = "train"
+
+  config.model = ml_collections.ConfigDict()
+  config.model.arch = "resnet18"
+  config.model.attention = "wa"  # none | se | cbam | eca | gc | wa (alias wad)
+  # Reduction (se/cbam/gc), kernel size (eca) or wavelet name (wa); None = default.
+  config.model.attention_param = ml_collections.config_dict.placeholder(object)
+  config.model.block = ml_collections.config_dict.placeholder(str)  # ResNets: basic | bottleneck
+  config.model.wa_stages = "reference"  # reference | all
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = "cifar10"  # any tfds dataset with image/label features
+  config.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir
+  # A folder <root>/{train,test}/<label>/*.jpg|png, or a .tar.gz of one; when
+  # set, it is used instead of tfds.
+  config.data.image_folder = ml_collections.config_dict.placeholder(str)
+  config.data.download = True  # let tfds download and prepare when missing
+  config.data.train_split = "train"
+  config.data.test_split = "test"
+  config.data.max_train_examples = 0  # 0 = all; else a fixed deterministic subset
+  config.data.max_test_examples = 0
+  config.data.augment = True  # pad-4 random crop + horizontal flip
+
+  config.batch_size = 128  # global, over all devices and hosts
+  config.eval_batch_size = 100
+  config.num_epochs = 160
+  # Train steps run per dispatch (lax.scan inside the pmapped function);
+  # 0 = a whole epoch per dispatch.
+  config.steps_per_dispatch = 50
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.momentum = 0.9
+  config.optimizer.weight_decay = 5e-4
+  config.optimizer.nesterov = False
+
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.name = "step"  # step | cosine
+  config.schedule.boundaries = (81, 121)  # epochs at which the LR is multiplied by decay
+  config.schedule.decay = 0.1
+  config.schedule.warmup_epochs = 0  # the reference's optional warm-up: 1
+  config.schedule.warmup_learning_rate = 0.01
+
+  config.half_precision = False  # bfloat16 compute, float32 parameters
+  config.checkpoint_every_epochs = 1
+  config.keep_checkpoints = 3  # the latest few; the best one is kept as well
+  config.checkpoint_step = -1  # evaluate mode: -1 = the best checkpoint
+  config.log_every_steps = 50  # TensorBoard train-loss scalars
+  config.distributed = False  # multi-host: call jax.distributed.initialize()
+
+  # Evaluate mode (`--config.mode=evaluate`).
+  config.eval = ml_collections.ConfigDict()
+  config.eval.noise = False  # also run the noise-robustness sweep
+  config.eval.gaussian_stddevs = (0.0, 0.02, 0.05, 0.1, 0.2)  # in [0, 1] pixel units
+  config.eval.salt_pepper_amounts = ()
+  config.eval.blur_sigmas = ()
+  config.eval.visualize = False  # save attention/feature-map figures
+  return config

@@ -1,0 +1,208 @@
+"""Dataset loading (image folders, archives, tfds) and on-device augmentation."""
+
+import io
+import os
+import tarfile
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import default
+from wacnn_jax import input_pipeline
+
+
+def data_config(**overrides):
+  config = default.get_config().data
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+# ---------------------------------------------------------------------------
+# Image folders.
+# ---------------------------------------------------------------------------
+
+
+def test_image_folder_matches_pillow_decoding(synthetic_folder):
+  dataset = input_pipeline.read_image_folder(synthetic_folder)
+  assert dataset.class_names == ("ant", "bee", "cat")  # sorted, as ImageFolder
+  assert dataset.train.images.shape == (18, 32, 32, 3)
+  assert dataset.test.images.dtype == np.uint8 and len(dataset.test) == 12
+  # Independent decode of one file per class; labels follow sorted folder names.
+  for label_index, label in enumerate(dataset.class_names):
+    path = os.path.join(synthetic_folder, "train", label, "001.png")
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    matches = [i for i in range(len(dataset.train))
+               if np.array_equal(dataset.train.images[i], expected)]
+    assert matches and all(dataset.train.labels[i] == label_index for i in matches)
+
+
+def test_archive_equals_folder(synthetic_folder, tmp_path):
+  archive = tmp_path / "data.tar.gz"
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(synthetic_folder, arcname="mydata")
+  from_folder = input_pipeline.read_image_folder(synthetic_folder)
+  from_archive = input_pipeline.read_image_folder(str(archive))
+  assert from_archive.class_names == from_folder.class_names
+  for split in ("train", "test"):
+    a, b = getattr(from_folder, split), getattr(from_archive, split)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_shared_archive_matches_tfds_image_folder(cifar10_archive, tmp_path):
+  """Our Pillow reader agrees with tfds.folder_dataset.ImageFolder (needs TF)."""
+  pytest.importorskip("tensorflow")
+  import tensorflow_datasets as tfds
+  from tests.conftest import write_cifar_subset
+  root = write_cifar_subset(cifar10_archive, str(tmp_path), {"train": 3, "test": 5})
+  ours = input_pipeline.read_image_folder(root)
+  builder = tfds.folder_dataset.ImageFolder(root)
+  assert tuple(builder.info.features["label"].names) == ours.class_names
+  assert ours.class_names[0] == "airplane" and ours.class_names[-1] == "truck"
+  theirs = list(tfds.as_numpy(builder.as_dataset(split="test", shuffle_files=False)))
+  assert len(theirs) == len(ours.test) == 50
+  # TensorFlow's and Pillow's JPEG decoders round differently (a few levels at
+  # most); match each of our images to its nearest tfds image.
+  for image, label in zip(ours.test.images.astype(int), ours.test.labels):
+    diffs = [np.abs(ex["image"].astype(int) - image) for ex in theirs]
+    nearest = int(np.argmin([d.mean() for d in diffs]))
+    assert diffs[nearest].mean() < 2.5 and diffs[nearest].max() <= 32  # unrelated: ~80
+    assert int(theirs[nearest]["label"]) == label
+
+
+def test_load_dataset_subsets_are_deterministic(synthetic_folder):
+  config = data_config(image_folder=synthetic_folder, max_train_examples=7,
+                       max_test_examples=5)
+  a = input_pipeline.load_dataset(config)
+  b = input_pipeline.load_dataset(config)
+  assert len(a.train) == 7 and len(a.test) == 5
+  np.testing.assert_array_equal(a.train.images, b.train.images)
+  full = input_pipeline.load_dataset(data_config(image_folder=synthetic_folder))
+  # A subset is made of real rows of the full split.
+  rows = {im.tobytes() for im in full.train.images}
+  assert all(im.tobytes() in rows for im in a.train.images)
+
+
+@pytest.mark.parametrize("problem, match", [
+    ("missing", "does not exist"),
+    ("no_test_split", "no split"),
+    ("not_archive", "neither a folder nor"),
+])
+def test_image_folder_errors_name_the_fix(problem, match, tmp_path):
+  if problem == "missing":
+    path = tmp_path / "nope"
+  elif problem == "no_test_split":
+    path = tmp_path / "root"
+    os.makedirs(path / "train" / "cat")
+    Image.new("RGB", (32, 32)).save(path / "train" / "cat" / "a.png")
+  else:
+    path = tmp_path / "file.txt"
+    path.write_text("x")
+  with pytest.raises(input_pipeline.DatasetError, match=match):
+    input_pipeline.read_image_folder(str(path))
+
+
+def test_mixed_image_sizes_are_refused(tmp_path):
+  for split in ("train", "test"):
+    os.makedirs(tmp_path / split / "a")
+    Image.new("RGB", (32, 32)).save(tmp_path / split / "a" / "1.png")
+    Image.new("RGB", (16, 16)).save(tmp_path / split / "a" / "2.png")
+  with pytest.raises(input_pipeline.DatasetError, match="different sizes"):
+    input_pipeline.read_image_folder(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------
+# tfds.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, classes", [("cifar10", 10), ("cifar100", 100)])
+def test_tfds_mock_data(name, classes):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=12):
+    dataset = input_pipeline.load_dataset(data_config(dataset=name))
+  assert dataset.num_classes == classes
+  assert dataset.train.images.shape == (12, 32, 32, 3)
+  assert dataset.train.images.dtype == np.uint8
+  assert dataset.train.labels.min() >= 0 and dataset.train.labels.max() < classes
+
+
+def test_tfds_unknown_name_is_a_clear_error():
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(input_pipeline.DatasetError, match="no dataset named 'cifar1O'"):
+    input_pipeline.load_dataset(data_config(dataset="cifar1O"))
+
+
+def test_tfds_missing_without_download_says_how_to_fix(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(input_pipeline.DatasetError) as info:
+    input_pipeline.load_dataset(data_config(dataset="cifar10", data_dir=str(tmp_path),
+                                            download=False))
+  assert "data.image_folder" in str(info.value) and "data_dir" in str(info.value)
+
+
+def test_tfds_missing_without_network_fails_fast(tmp_path, monkeypatch):
+  pytest.importorskip("tensorflow_datasets")
+  monkeypatch.setattr(input_pipeline, "_network_reachable", lambda: False)
+  with pytest.raises(input_pipeline.DatasetError, match="no network"):
+    input_pipeline.load_dataset(data_config(dataset="cifar10", data_dir=str(tmp_path)))
+
+
+# ---------------------------------------------------------------------------
+# Augmentation and normalisation.
+# ---------------------------------------------------------------------------
+
+
+def _random_images(n=16, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_augment_is_a_padded_crop_or_its_mirror():
+  images = _random_images()
+  out = np.asarray(input_pipeline.augment_batch(jnp.asarray(images), jax.random.PRNGKey(1)))
+  assert out.shape == images.shape and out.dtype == np.uint8
+  padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  flips = 0
+  for i in range(len(images)):
+    windows = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (0, 1)
+               if np.array_equal(out[i], (lambda w: w[:, ::-1] if flip else w)(
+                   padded[i, dy:dy + 32, dx:dx + 32]))]
+    assert windows, f"image {i} is not a crop of the padded input"
+    flips += windows[0][2]
+  assert 0 < flips < len(images)  # both flipped and unflipped images occur
+
+
+def test_augment_offsets_cover_the_padding_range():
+  # Single-pixel images: the bright pixel's position reveals the crop offset.
+  images = np.zeros((512, 32, 32, 3), np.uint8)
+  images[:, 16, 16] = 255
+  out = np.asarray(input_pipeline.augment_batch(jnp.asarray(images), jax.random.PRNGKey(3)))
+  ys, xs = np.nonzero(out[..., 0] == 255)[1:]
+  dy = 20 - ys  # pixel at padded row 20 lands at row 20 - dy
+  assert set(dy.tolist()) == set(range(9))
+  assert np.all((xs >= 16 - 4 - 1) & (xs <= 16 + 4))
+
+
+def test_augment_is_deterministic_per_key_and_differs_across_keys():
+  images = jnp.asarray(_random_images())
+  key = jax.random.PRNGKey(7)
+  a = input_pipeline.augment_batch(images, key)
+  b = input_pipeline.augment_batch(images, key)
+  np.testing.assert_array_equal(a, b)
+  # Per-device keys as the train step derives them (fold_in of the device index).
+  c = input_pipeline.augment_batch(images, jax.random.fold_in(key, 1))
+  assert not np.array_equal(a, c)
+
+
+def test_normalize_matches_numpy():
+  images = _random_images(4)
+  expected = (images / 255.0 - np.array(input_pipeline.CIFAR_MEAN)) / np.array(
+      input_pipeline.CIFAR_STD)
+  np.testing.assert_allclose(input_pipeline.normalize(jnp.asarray(images)),
+                             expected, rtol=1e-5, atol=1e-5)
+  assert input_pipeline.normalize(jnp.asarray(images), jnp.bfloat16).dtype == jnp.bfloat16

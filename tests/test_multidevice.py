@@ -1,0 +1,65 @@
+"""Cross-replica equivalence on 8 host devices (in a subprocess, so that the
+XLA flag that makes 8 CPU devices applies)."""
+
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import REPO_ROOT
+
+SCRIPT = textwrap.dedent(r"""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax, numpy as np
+    from flax import jax_utils
+    from configs import smoke
+    from wacnn_jax import input_pipeline, train
+
+    assert jax.local_device_count() == 8, jax.devices()
+    config = smoke.get_config()
+    config.data.augment = False  # the same images on both sides
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, (64,), dtype=np.int32)
+    global_batch = 16
+
+    def one_step(devices):
+        topology = train.Topology.current(devices)
+        per_device = topology.per_device_batch(global_batch)
+        model = train.create_model(config, 10)
+        lr = train.create_learning_rate_fn(config, 4)
+        state = train.create_train_state(config, model, (32, 32, 3), lr, jax.random.PRNGKey(0))
+        p_train = train.make_train_fn(config, lr, topology)
+        indices = np.arange(global_batch, dtype=np.int32).reshape(len(devices), 1, per_device)
+        replicated = jax_utils.replicate((images, labels), devices=devices)
+        state, metrics = p_train(jax_utils.replicate(state, devices=devices),
+                                 *replicated, indices)
+        return train.unreplicate(state), jax.device_get(metrics)
+
+    multi, multi_metrics = one_step(jax.local_devices())
+    single, single_metrics = one_step(jax.local_devices()[:1])
+    for name in ("params", "batch_stats"):
+        a, b = jax.tree.leaves(getattr(multi, name)), jax.tree.leaves(getattr(single, name))
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b):
+            np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6)
+    # Replicas agree with each other after the step (synchronised BN statistics).
+    np.testing.assert_allclose(multi_metrics["loss_sum"][0], single_metrics["loss_sum"][0], rtol=1e-4)
+    assert int(multi_metrics["count"][0, 0]) == global_batch
+
+    # Evaluation over 8 devices counts every example exactly once.
+    topology = train.Topology.current()
+    split = input_pipeline.Split(images[:37], labels[:37])
+    data = train.shard_eval_data(split, topology, 12)
+    totals = train.make_eval_fn(config, 10, topology)(
+        jax_utils.replicate(multi), data.images, data.labels, data.mask)
+    result = train.summarize_eval(jax_utils.unreplicate(totals))
+    assert result["count"] == 37, result["count"]
+    print("CROSS_REPLICA_OK")
+""")
+
+
+def test_pmapped_step_on_8_devices_equals_single_device_step():
+  result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert "CROSS_REPLICA_OK" in result.stdout, result.stderr[-4000:]

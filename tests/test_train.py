@@ -1,0 +1,264 @@
+"""The training system: optimiser, schedule, batching, evaluation, checkpoints, resume."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import smoke
+from wacnn_jax import checkpointing
+from wacnn_jax import input_pipeline
+from wacnn_jax import train
+
+
+def smoke_config(image_folder, **overrides):
+  config = smoke.get_config()
+  config.data.image_folder = image_folder
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
+
+
+# ---------------------------------------------------------------------------
+# Optimiser and schedule.
+# ---------------------------------------------------------------------------
+
+
+def test_sgd_matches_pytorch_formula():
+  """torch.optim.SGD(lr, momentum, weight_decay), dampening 0, written out in numpy."""
+  config = smoke.get_config()
+  lr, momentum, wd = 0.1, config.optimizer.momentum, config.optimizer.weight_decay
+  tx = train.create_optimizer(config, lambda step: lr)
+  rng = np.random.default_rng(0)
+  params = {"w": rng.normal(size=(3, 4)).astype(np.float32),
+            "b": rng.normal(size=(4,)).astype(np.float32)}
+  opt_state = tx.init(params)
+  expected = {k: v.astype(np.float64) for k, v in params.items()}
+  buffers = {k: None for k in params}
+  for _ in range(4):
+    grads = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()}
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+    for k in expected:
+      d_p = grads[k] + wd * expected[k]
+      buffers[k] = d_p if buffers[k] is None else momentum * buffers[k] + d_p
+      expected[k] = expected[k] - lr * buffers[k]
+  for k in expected:
+    np.testing.assert_allclose(params[k], expected[k], rtol=1e-5, atol=1e-6)
+
+
+def test_step_schedule_follows_the_reference_epochs():
+  config = smoke.get_config()
+  config.schedule.boundaries = (81, 121)
+  config.num_epochs = 160
+  spe = 7
+  lr = train.create_learning_rate_fn(config, spe)
+  at_epoch = lambda e, offset=0: float(lr(jnp.asarray(e * spe + offset)))
+  assert at_epoch(0) == pytest.approx(0.1)
+  assert at_epoch(80, spe - 1) == pytest.approx(0.1)  # last step of epoch 80
+  assert at_epoch(81) == pytest.approx(0.01)
+  assert at_epoch(120, spe - 1) == pytest.approx(0.01)
+  assert at_epoch(121) == pytest.approx(0.001)
+  assert at_epoch(159) == pytest.approx(0.001)
+  config.schedule.warmup_epochs = 1
+  lr = train.create_learning_rate_fn(config, spe)
+  assert float(lr(jnp.asarray(spe - 1))) == pytest.approx(0.01)
+  assert float(lr(jnp.asarray(spe))) == pytest.approx(0.1)
+
+
+def test_cosine_schedule():
+  config = smoke.get_config()
+  config.schedule.name = "cosine"
+  config.num_epochs = 10
+  lr = train.create_learning_rate_fn(config, 4)
+  assert float(lr(0)) == pytest.approx(0.1)
+  assert float(lr(20)) == pytest.approx(0.05, rel=1e-5)
+  assert float(lr(40)) == pytest.approx(0.0, abs=1e-7)
+  config.schedule.name = "linear"
+  with pytest.raises(ValueError, match="step.*cosine"):
+    train.create_learning_rate_fn(config, 4)
+
+
+# ---------------------------------------------------------------------------
+# Batching over devices and hosts.
+# ---------------------------------------------------------------------------
+
+
+def test_batch_size_must_divide_by_devices():
+  cpu = jax.devices()[0]
+  topology = train.Topology(devices=(cpu,) * 3)  # arithmetic only
+  assert topology.per_device_batch(96) == 32
+  with pytest.raises(ValueError, match="does not divide by the 3 devices.*batch_size=99"):
+    topology.per_device_batch(100)
+
+
+def test_epoch_indices_partition_the_epoch_across_hosts():
+  cpu = jax.devices()[0]
+  n, steps, per_device = 103, 4, 3
+  hosts = [train.Topology(devices=(cpu, cpu), process_index=i, process_count=2)
+           for i in range(2)]
+  parts = [train.epoch_indices(n, 5, 0, steps, t, per_device) for t in hosts]
+  assert parts[0].shape == (2, steps, per_device) and parts[0].dtype == np.int32
+  # Global batch of step s = host 0's devices then host 1's: no index repeats.
+  everything = np.concatenate([p.transpose(1, 0, 2).reshape(steps, -1) for p in parts], 1)
+  assert len(np.unique(everything)) == steps * 12 and everything.max() < n
+  again = train.epoch_indices(n, 5, 0, steps, hosts[0], per_device)
+  np.testing.assert_array_equal(parts[0], again)
+  other_epoch = train.epoch_indices(n, 6, 0, steps, hosts[0], per_device)
+  assert not np.array_equal(parts[0], other_epoch)
+
+
+@pytest.mark.parametrize("n, batch", [(10, 4), (37, 8), (5, 100)])
+def test_eval_data_covers_every_example_once(n, batch):
+  rng = np.random.default_rng(n)
+  split = input_pipeline.Split(rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8),
+                               np.arange(n, dtype=np.int32))
+  data = train.shard_eval_data(split, train.Topology.current(), batch)
+  mask = np.asarray(data.mask).reshape(-1)
+  labels = np.asarray(data.labels).reshape(-1)
+  assert mask.sum() == n
+  np.testing.assert_array_equal(np.sort(labels[mask]), np.arange(n))
+
+
+# ---------------------------------------------------------------------------
+# End-to-end on real images.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_run(cifar10_small, tmp_path_factory):
+  """One smoke training run (2 epochs, 512 real CIFAR-10 images)."""
+  workdir = str(tmp_path_factory.mktemp("smoke_run"))
+  config = smoke_config(cifar10_small)
+  state = train.train_and_evaluate(config, workdir)
+  return config, workdir, state
+
+
+def test_smoke_run_writes_its_outputs(smoke_run):
+  config, workdir, state = smoke_run
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["epoch"] for r in records] == [1, 2]
+  assert all(r["test_examples"] == config.data.max_test_examples for r in records)
+  assert records[1]["best_test_accuracy"] == max(r["test_accuracy"] for r in records)
+  assert int(state.step) == 2 * (config.data.max_train_examples // config.batch_size)
+  summary = open(os.path.join(workdir, "model_summary.txt")).read()
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+  assert f"parameters: {params:,}" in summary and "FLOPs per image" in summary
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert json.load(open(os.path.join(workdir, "config.json")))["model"]["arch"] == "resnet18"
+
+
+def test_evaluation_agrees_with_a_direct_forward_pass(smoke_run, cifar10_small):
+  config, _, state = smoke_run
+  dataset = input_pipeline.load_dataset(config.data)
+  topology = train.Topology.current()
+  data = train.shard_eval_data(dataset.test, topology, 48)  # 256 = 5 batches + 16
+  p_eval = train.make_eval_fn(config, dataset.num_classes, topology)
+  from flax import jax_utils
+  totals = p_eval(jax_utils.replicate(state), data.images, data.labels, data.mask)
+  result = train.summarize_eval(jax_utils.unreplicate(totals))
+  model = train.create_model(config, dataset.num_classes, axis_name=None)
+  logits = np.asarray(model.apply(
+      {"params": state.params, "batch_stats": state.batch_stats},
+      input_pipeline.normalize(jnp.asarray(dataset.test.images)), train=False))
+  predictions = logits.argmax(-1)
+  assert result["count"] == len(dataset.test)
+  assert result["accuracy"] == pytest.approx((predictions == dataset.test.labels).mean())
+  log_probs = jax.nn.log_softmax(logits)
+  loss = -log_probs[np.arange(len(logits)), dataset.test.labels].mean()
+  assert result["loss"] == pytest.approx(float(loss), rel=1e-4)
+  confusion = np.zeros((10, 10), int)
+  np.add.at(confusion, (dataset.test.labels, predictions), 1)
+  np.testing.assert_array_equal(result["confusion"], confusion)
+
+
+def test_checkpoint_of_another_model_is_refused(smoke_run, cifar10_small, tmp_path):
+  _, workdir, _ = smoke_run
+  copy = str(tmp_path / "run")
+  shutil.copytree(workdir, copy)
+  config = smoke_config(cifar10_small, **{"model.attention": "none"})
+  with pytest.raises(checkpointing.CheckpointError, match="another model.*model.attention"):
+    train.train_and_evaluate(config, copy)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(smoke_run, cifar10_small, tmp_path):
+  config, workdir, _ = smoke_run
+  copy = str(tmp_path / "run")
+  shutil.copytree(workdir, copy)
+  checkpoints = os.path.join(copy, "checkpoints")
+  latest = max(int(s) for s in os.listdir(checkpoints) if s.isdigit())
+  for root, _, files in os.walk(os.path.join(checkpoints, str(latest), "state")):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  with pytest.raises(checkpointing.CheckpointError, match="corrupt"):
+    train.train_and_evaluate(config, copy)
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(cifar10_small, tmp_path,
+                                                           monkeypatch):
+  config = smoke_config(cifar10_small, num_epochs=3,
+                        **{"data.max_train_examples": 256, "data.max_test_examples": 64})
+  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
+
+  # Crash in the middle of epoch 2: after its training steps, before its
+  # evaluation and checkpoint. The restart resumes from epoch 1's checkpoint.
+  calls = []
+  real_summarize = train.summarize_eval
+
+  def crashing_summarize(totals):
+    calls.append(1)
+    if len(calls) == 2:
+      raise KeyboardInterrupt("simulated crash")
+    return real_summarize(totals)
+
+  monkeypatch.setattr(train, "summarize_eval", crashing_summarize)
+  crashed_dir = str(tmp_path / "crashed")
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, crashed_dir)
+  monkeypatch.setattr(train, "summarize_eval", real_summarize)
+  resumed = train.train_and_evaluate(config, crashed_dir)
+
+  assert int(resumed.step) == int(straight.step)
+  for a, b in zip(jax.tree.leaves((straight.params, straight.batch_stats, straight.opt_state)),
+                  jax.tree.leaves((resumed.params, resumed.batch_stats, resumed.opt_state))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  records = [json.loads(l) for l in open(os.path.join(crashed_dir, "metrics.jsonl"))]
+  assert [r["epoch"] for r in records] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_tfds_mock_data_through_the_full_pipeline(name, tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = smoke.get_config()
+  config.data.dataset = name
+  config.data.max_train_examples = config.data.max_test_examples = 0
+  config.num_epochs = 1
+  config.batch_size = 32
+  with tfds.testing.mock_data(num_examples=96):
+    state = train.train_and_evaluate(config, str(tmp_path))
+  record = json.loads(open(tmp_path / "metrics.jsonl").readline())
+  assert record["test_examples"] == 96 and int(state.step) == 3
+  assert state.params["classifier"]["kernel"].shape[-1] == (10 if name == "cifar10" else 100)
+
+
+def test_learns_on_real_cifar10(cifar10_small, tmp_path):
+  """ResNet18+WA on 3,000 real CIFAR-10 images: clearly above chance (10 %)."""
+  config = smoke_config(cifar10_small, num_epochs=4, batch_size=64, steps_per_dispatch=0,
+                        **{"data.max_train_examples": 0, "data.max_test_examples": 0,
+                           "schedule.boundaries": (3,), "optimizer.learning_rate": 0.05})
+  train.train_and_evaluate(config, str(tmp_path))
+  records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  print("real-data accuracy per epoch:", [round(r["test_accuracy"], 3) for r in records],
+        "images/s:", [round(r["images_per_sec"]) for r in records])
+  assert records[-1]["test_examples"] == 600
+  assert records[-1]["best_test_accuracy"] > 0.30
+  assert records[-1]["train_loss"] < records[0]["train_loss"]

@@ -1,0 +1,88 @@
+"""The command line behind `run_train.py`: flag parsing with readable errors, and dispatch."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import traceback
+
+from absl import flags
+from absl import logging
+import ml_collections
+
+from wacnn_jax import checkpointing
+from wacnn_jax import input_pipeline
+
+MODES = ("train", "evaluate")
+# Errors that describe a problem with the user's input: shown as one message.
+USER_ERRORS = (ValueError, FileNotFoundError, input_pipeline.DatasetError,
+               checkpointing.CheckpointError)
+
+
+def flatten_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for key, value in sorted(config.items()):
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += flatten_keys(value, f"{prefix}{key}.")
+    else:
+      keys.append(f"{prefix}{key}")
+  return keys
+
+
+def _config_path(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def parse_flags(argv):
+  """`app.run` flags parser: a bad `--config.x=y` gives the valid keys, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error:
+    raise  # absl prints these itself, with usage
+  except Exception as e:  # pylint: disable=broad-except
+    message = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"')
+    path = _config_path(argv)
+    valid = ""
+    if path and os.path.exists(path):
+      try:
+        config = runpy.run_path(path)["get_config"]()
+        valid = "\nValid keys: " + ", ".join(flatten_keys(config))
+      except Exception:  # pylint: disable=broad-except
+        pass
+    sys.stderr.write(
+        f"error: bad config override ({type(e).__name__}: {message}).{valid}\n")
+    sys.exit(2)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """Runs `config.mode` in `workdir`; returns the process exit code."""
+  try:
+    if config.mode == "train":
+      from wacnn_jax import train  # pylint: disable=g-import-not-at-top
+      train.train_and_evaluate(config, workdir)
+    elif config.mode == "evaluate":
+      from wacnn_jax import evaluate  # pylint: disable=g-import-not-at-top
+      evaluate.evaluate_checkpoint(config, workdir)
+    else:
+      raise ValueError(f"unknown mode {config.mode!r}; use one of {MODES}.")
+  except USER_ERRORS as e:
+    os.makedirs(workdir, exist_ok=True)
+    log_path = os.path.join(workdir, "error.log")
+    with open(log_path, "w") as f:
+      traceback.print_exc(file=f)
+    logging.error("%s", e)
+    sys.stderr.write(f"error: {e}\n(full traceback in {log_path})\n")
+    return 1
+  return 0
+
+
+def main(app, main_fn) -> int:
+  """`app.run(main_fn)` with `parse_flags`."""
+  app.run(main_fn, flags_parser=parse_flags)
+  return 0

@@ -1,0 +1,607 @@
+"""Training and evaluation: pure pmapped steps and the `train_and_evaluate` loop.
+
+Data lives on the accelerators: the training set (uint8) is replicated on every
+local device and each step gathers its batch by index, augments and normalises
+it inside the jitted function. The host only sends indices. A pmapped call runs
+`steps_per_dispatch` steps under `lax.scan`; gradients are averaged with
+`lax.pmean` and BatchNorm statistics are averaged across devices
+(cross-replica BN, through the models' `axis_name`). Evaluation runs the whole
+(padded, masked) test set in one pmapped call.
+
+Determinism: the epoch permutation comes from (seed, epoch) and every random
+key from `fold_in(state.rng, state.step)` (plus the device index), so a run
+resumed from a checkpoint ends with the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax
+from flax import jax_utils
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from wacnn_jax import checkpointing
+from wacnn_jax import input_pipeline
+from wacnn_jax import models
+
+AXIS_NAME = "batch"
+
+
+class TrainState(train_state.TrainState):
+  """step, params, opt_state (from flax) plus BatchNorm statistics and a base PRNG key."""
+
+  batch_stats: Any
+  rng: jax.Array
+
+
+# ---------------------------------------------------------------------------
+# Model, optimiser and schedule from the config.
+# ---------------------------------------------------------------------------
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int,
+                 axis_name: str | None = AXIS_NAME):
+  model_config = config.model
+  return models.create_model(
+      model_config.arch,
+      num_classes=num_classes,
+      attention=model_config.attention,
+      attention_param=model_config.attention_param,
+      block=model_config.block,
+      wa_stages=model_config.wa_stages,
+      dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
+      axis_name=axis_name)
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            steps_per_epoch: int) -> Callable[[Any], Any]:
+  """LR as a function of the global step, following the epoch-based recipe.
+
+  `step`: base * decay ** (number of `boundaries` epochs passed).
+  `cosine`: cosine decay from base to 0 over the epochs after warm-up.
+  Warm-up: `warmup_learning_rate` for the first `warmup_epochs` epochs.
+  """
+  schedule = config.schedule
+  base = config.optimizer.learning_rate
+  if schedule.name not in ("step", "cosine"):
+    raise ValueError(
+        f"unknown schedule.name {schedule.name!r}; use 'step' or 'cosine'.")
+
+  def learning_rate_fn(step):
+    epoch = jnp.floor_divide(step, steps_per_epoch)
+    if schedule.name == "step":
+      passed = sum((epoch >= b).astype(jnp.int32) for b in schedule.boundaries)
+      lr = base * jnp.power(schedule.decay, passed)
+    else:
+      span = max(1, config.num_epochs - schedule.warmup_epochs)
+      progress = jnp.clip((step / steps_per_epoch - schedule.warmup_epochs) / span, 0, 1)
+      lr = base * 0.5 * (1 + jnp.cos(jnp.pi * progress))
+    if schedule.warmup_epochs:
+      lr = jnp.where(epoch < schedule.warmup_epochs,
+                     schedule.warmup_learning_rate, lr)
+    return jnp.asarray(lr, jnp.float32)
+
+  return learning_rate_fn
+
+
+def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
+  """SGD with momentum and PyTorch's coupled weight decay.
+
+  Per parameter: g <- g + wd * p; buf <- momentum * buf + g; p <- p - lr * buf
+  (torch.optim.SGD with dampening 0), for every parameter, BN and biases too.
+  """
+  opt = config.optimizer
+  return optax.chain(
+      optax.add_decayed_weights(opt.weight_decay),
+      optax.sgd(learning_rate_fn, momentum=opt.momentum, nesterov=opt.nesterov))
+
+
+def initial_variables(model, image_shape, rng):
+  """Model variables {params, batch_stats} for NHWC images of shape `image_shape` (H, W, C)."""
+  dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  params_key, dropout_key = jax.random.split(rng)
+  return jax.jit(functools.partial(model.init, train=False))(
+      {"params": params_key, "dropout": dropout_key}, dummy)
+
+
+def create_train_state(config, model, image_shape, learning_rate_fn,
+                       rng) -> TrainState:
+  init_key, state_key = jax.random.split(rng)
+  variables = initial_variables(model, image_shape, init_key)
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      tx=create_optimizer(config, learning_rate_fn),
+      rng=state_key)
+
+
+# ---------------------------------------------------------------------------
+# Pure step functions (run under pmap with axis AXIS_NAME).
+# ---------------------------------------------------------------------------
+
+
+def cross_entropy(logits, labels):
+  """Per-example cross-entropy (N,), computed in float32."""
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels)
+
+
+def train_step(state: TrainState, images, labels, *, augment: bool,
+               compute_dtype, learning_rate_fn):
+  """One SGD step on a per-device batch of uint8 images (b, H, W, C), labels (b,).
+
+  Returns the new state and the step's metrics summed over all devices.
+  """
+  step_key = jax.random.fold_in(state.rng, state.step)
+  device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS_NAME))
+  augment_key, dropout_key = jax.random.split(device_key)
+  if augment:
+    images = input_pipeline.augment_batch(images, augment_key)
+  x = input_pipeline.normalize(images, compute_dtype)
+
+  def loss_fn(params):
+    logits, new_model_state = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, x, train=True,
+        rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+    loss = cross_entropy(logits, labels)
+    return loss.mean(), (loss, logits, new_model_state)
+
+  grads, (loss, logits, new_model_state) = jax.grad(loss_fn, has_aux=True)(
+      state.params)
+  grads = jax.lax.pmean(grads, AXIS_NAME)
+  new_state = state.apply_gradients(
+      grads=grads, batch_stats=new_model_state["batch_stats"])
+  metrics = {
+      "loss_sum": loss.sum(),
+      "correct": (logits.argmax(-1) == labels).sum(),
+      "count": jnp.asarray(labels.shape[0], jnp.int32),
+  }
+  metrics = jax.lax.psum(metrics, AXIS_NAME)
+  metrics["learning_rate"] = learning_rate_fn(state.step)
+  return new_state, metrics
+
+
+def train_steps(state, train_images, train_labels, indices, **step_kwargs):
+  """`lax.scan` of `train_step` over indices (S, b): S steps in one dispatch.
+
+  `train_images` (N, H, W, C) uint8 and `train_labels` (N,) are the whole
+  training set on this device. Returns the state and per-step metrics (S,).
+  """
+
+  def body(state, batch_indices):
+    return train_step(state, train_images[batch_indices],
+                      train_labels[batch_indices], **step_kwargs)
+
+  return jax.lax.scan(body, state, indices)
+
+
+def eval_batches(state, images, labels, mask, *, num_classes: int,
+                 compute_dtype, transform: Callable | None = None):
+  """Evaluates (nb, b, H, W, C) uint8 batches with a 0/1 mask (nb, b).
+
+  `transform(x_uint8, key) -> uint8` (optional) corrupts the images first, with
+  keys from `state.rng`. Returns sums over all devices: loss, top-1/top-5 hits,
+  count, and the confusion matrix (true class rows x predicted columns).
+  """
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+  def body(totals, batch):
+    index, batch_images, batch_labels, batch_mask = batch
+    if transform is not None:
+      key = jax.random.fold_in(
+          jax.random.fold_in(state.rng, index), jax.lax.axis_index(AXIS_NAME))
+      batch_images = transform(batch_images, key)
+    logits = state.apply_fn(variables, input_pipeline.normalize(
+        batch_images, compute_dtype), train=False).astype(jnp.float32)
+    predictions = logits.argmax(-1)
+    top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
+    weights = batch_mask.astype(jnp.float32)
+    totals = {
+        "loss_sum": totals["loss_sum"] + (cross_entropy(logits, batch_labels) * weights).sum(),
+        "correct": totals["correct"] + ((predictions == batch_labels) * weights).sum(),
+        "top5_correct": totals["top5_correct"] + (
+            (top5 == batch_labels[:, None]).any(-1) * weights).sum(),
+        "count": totals["count"] + weights.sum(),
+        "confusion": totals["confusion"] + jnp.einsum(
+            "n,ni,nj->ij", weights, jax.nn.one_hot(batch_labels, num_classes),
+            jax.nn.one_hot(predictions, num_classes)),
+    }
+    return totals, None
+
+  zeros = {k: jnp.zeros((), jnp.float32)
+           for k in ("loss_sum", "correct", "top5_correct", "count")}
+  zeros["confusion"] = jnp.zeros((num_classes, num_classes), jnp.float32)
+  totals, _ = jax.lax.scan(
+      body, zeros, (jnp.arange(images.shape[0]), images, labels, mask))
+  return jax.lax.psum(totals, AXIS_NAME)
+
+
+def summarize_eval(totals) -> dict:
+  """Host-side summary of `eval_batches` totals."""
+  totals = jax.device_get(totals)
+  count = float(totals["count"])
+  confusion = np.asarray(totals["confusion"])
+  with np.errstate(invalid="ignore", divide="ignore"):
+    per_class = np.diag(confusion) / confusion.sum(axis=1)
+  return {
+      "loss": float(totals["loss_sum"]) / count,
+      "accuracy": float(totals["correct"]) / count,
+      "top5_accuracy": float(totals["top5_correct"]) / count,
+      "count": int(round(count)),
+      "per_class_accuracy": per_class.tolist(),
+      "confusion": confusion.astype(np.int64).tolist(),
+  }
+
+
+# ---------------------------------------------------------------------------
+# Device placement.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  """How a global batch splits over hosts and local devices."""
+
+  devices: tuple
+  process_index: int = 0
+  process_count: int = 1
+
+  @classmethod
+  def current(cls, devices=None) -> "Topology":
+    return cls(tuple(devices or jax.local_devices()), jax.process_index(),
+               jax.process_count())
+
+  @property
+  def local_device_count(self) -> int:
+    return len(self.devices)
+
+  @property
+  def global_device_count(self) -> int:
+    return self.local_device_count * self.process_count
+
+  def per_device_batch(self, global_batch: int, what="batch_size") -> int:
+    if global_batch <= 0 or global_batch % self.global_device_count:
+      raise ValueError(
+          f"{what}={global_batch} does not divide by the {self.global_device_count} "
+          f"devices ({self.process_count} host(s) x {self.local_device_count}); "
+          f"use a multiple of {self.global_device_count}, e.g. "
+          f"--config.{what}={max(1, global_batch // self.global_device_count) * self.global_device_count}.")
+    return global_batch // self.global_device_count
+
+
+def epoch_indices(num_examples: int, epoch: int, seed: int, steps: int,
+                  topology: Topology, per_device_batch: int) -> np.ndarray:
+  """This host's indices for one epoch: int32 (local_devices, steps, per_device_batch).
+
+  One permutation per (seed, epoch), the same on every host; each host takes
+  its slice of every global batch. The last partial batch is dropped.
+  """
+  global_batch = per_device_batch * topology.global_device_count
+  order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  order = order[:steps * global_batch].reshape(
+      steps, topology.process_count, topology.local_device_count,
+      per_device_batch)[:, topology.process_index]
+  return np.ascontiguousarray(order.transpose(1, 0, 2).astype(np.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+  """A split padded to whole batches and sharded over local devices.
+
+  images (devices, nb, b, H, W, C) uint8; labels and mask (devices, nb, b).
+  """
+
+  images: jax.Array
+  labels: jax.Array
+  mask: jax.Array
+
+
+def shard_eval_data(split: input_pipeline.Split, topology: Topology,
+                    global_batch: int) -> EvalData:
+  """Pads `split` so every example is evaluated exactly once, then shards it.
+
+  The per-device batch is ceil(global_batch / devices), so any eval batch size
+  works with any device count; padded examples have mask 0.
+  """
+  per_device = max(1, math.ceil(global_batch / topology.global_device_count))
+  n = len(split)
+  block = per_device * topology.global_device_count
+  num_batches = max(1, math.ceil(n / block))
+  total = num_batches * block
+  pad = total - n
+  images = np.concatenate([split.images, np.zeros((pad,) + split.images.shape[1:], np.uint8)])
+  labels = np.concatenate([split.labels, np.zeros((pad,), np.int32)])
+  mask = np.concatenate([np.ones((n,), np.bool_), np.zeros((pad,), np.bool_)])
+
+  def local(array):  # (total, ...) -> this host's (devices, nb, b, ...)
+    per_host = total // topology.process_count
+    array = array[topology.process_index * per_host:(topology.process_index + 1) * per_host]
+    array = array.reshape((topology.local_device_count, num_batches, per_device)
+                          + array.shape[1:])
+    return put_sharded(array, topology.devices)
+
+  return EvalData(local(images), local(labels), local(mask))
+
+
+def make_eval_fn(config, num_classes: int, topology: Topology, transform=None):
+  """pmapped `eval_batches(state, images, labels, mask)` for replicated states."""
+  return jax.pmap(
+      functools.partial(
+          eval_batches, num_classes=num_classes, transform=transform,
+          compute_dtype=jnp.bfloat16 if config.half_precision else jnp.float32),
+      axis_name=AXIS_NAME, devices=topology.devices)
+
+
+def make_train_fn(config, learning_rate_fn, topology: Topology):
+  """pmapped `train_steps(state, train_images, train_labels, indices)`; donates state."""
+  return jax.pmap(
+      functools.partial(
+          train_steps, augment=config.data.augment,
+          learning_rate_fn=learning_rate_fn,
+          compute_dtype=jnp.bfloat16 if config.half_precision else jnp.float32),
+      axis_name=AXIS_NAME, devices=topology.devices, donate_argnums=(0,))
+
+
+def put_sharded(array: np.ndarray, devices) -> jax.Array:
+  """Host array (devices, ...) -> one slice per device, as pmap takes its inputs."""
+  mesh = jax.sharding.Mesh(np.array(devices), ("devices",))
+  return jax.device_put(array, jax.NamedSharding(mesh, jax.P("devices")))
+
+
+def unreplicate(tree):
+  """First replica of a replicated pytree, fetched to host memory."""
+  return jax.device_get(jax_utils.unreplicate(tree))
+
+
+# ---------------------------------------------------------------------------
+# Reporting.
+# ---------------------------------------------------------------------------
+
+
+def model_summary(model, variables, image_shape) -> dict:
+  """Parameter count, FLOPs per image (XLA cost analysis) and the layer table."""
+  params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
+  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  compiled = jax.jit(functools.partial(model.apply, train=False)).lower(
+      variables, x).compile()
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  flops = float((cost or {}).get("flops", float("nan")))
+  table = model.tabulate(
+      {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}, x,
+      train=False, console_kwargs={"width": 200, "force_terminal": False})
+  return {"params": params, "flops_per_image": flops, "table": table}
+
+
+class MetricsLog:
+  """metrics.jsonl (one JSON object per epoch) plus TensorBoard event files."""
+
+  def __init__(self, workdir: str, enabled: bool):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tensorboard = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def truncate_after(self, epoch: int) -> None:
+    """Drops records of epochs after `epoch` (written before a crash)."""
+    if not (self.enabled and os.path.exists(self.path)):
+      return
+    with open(self.path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    with open(self.path, "w") as f:
+      for record in records:
+        if record["epoch"] <= epoch:
+          f.write(json.dumps(record) + "\n")
+
+  def write_epoch(self, record: dict) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in record.items():
+      if key != "epoch" and isinstance(value, (int, float)):
+        self._tensorboard.add_scalar(f"epoch/{key}", value, record["epoch"])
+    self._tensorboard.flush()
+
+  def write_steps(self, first_step: int, losses, learning_rates, every: int) -> None:
+    if not self.enabled or every <= 0:
+      return
+    for i, (loss, lr) in enumerate(zip(losses, learning_rates)):
+      step = first_step + i + 1
+      if step % every == 0:
+        self._tensorboard.add_scalar("train/loss", float(loss), step)
+        self._tensorboard.add_scalar("train/learning_rate", float(lr), step)
+
+  def close(self) -> None:
+    if self._tensorboard is not None:
+      self._tensorboard.close()
+
+
+def _progress_bar(total: int, description: str, enabled: bool):
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(total=total, desc=description, unit="step", leave=False,
+                   disable=not (enabled and sys.stderr.isatty()))
+
+
+# ---------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------
+
+
+def checkpoint_identity(config, dataset: input_pipeline.Dataset) -> dict:
+  """What must match between a checkpoint and the config that restores it."""
+  identity = {f"model.{k}": v for k, v in config.model.to_dict().items()}
+  identity["num_classes"] = dataset.num_classes
+  identity["image_shape"] = list(dataset.image_shape)
+  return identity
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices=None) -> TrainState:
+  """Trains `config` on local `devices` (default: all), writing to `workdir`.
+
+  Resumes from the latest checkpoint in `workdir/checkpoints` if there is one.
+  Returns the final state (unreplicated, on the host).
+  """
+  if config.distributed:
+    jax.distributed.initialize()
+  topology = Topology.current(devices)
+  per_device_batch = topology.per_device_batch(config.batch_size)
+  primary = topology.process_index == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  dataset = input_pipeline.load_dataset(config.data)
+  steps_per_epoch = len(dataset.train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(
+        f"batch_size={config.batch_size} is larger than the training set "
+        f"({len(dataset.train)} examples); lower --config.batch_size.")
+  model = create_model(config, dataset.num_classes)
+  learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
+  state = create_train_state(config, model, dataset.image_shape,
+                             learning_rate_fn, jax.random.PRNGKey(config.seed))
+
+  checkpoints = checkpointing.Checkpointer(
+      workdir, keep=config.keep_checkpoints,
+      identity=checkpoint_identity(config, dataset))
+  metrics_log = MetricsLog(workdir, enabled=primary)
+  start_epoch, best_accuracy = 0, 0.0
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    state, meta = checkpoints.restore(latest, state)
+    start_epoch, best_accuracy = meta["epoch"], meta["best_test_accuracy"]
+    metrics_log.truncate_after(start_epoch)
+    logging.info("Resumed from %s/%d: epoch %d, best test accuracy %.4f",
+                 checkpoints.directory, latest, start_epoch, best_accuracy)
+
+  if primary:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    summary = model_summary(
+        create_model(config, dataset.num_classes, axis_name=None),
+        {"params": state.params, "batch_stats": state.batch_stats},
+        dataset.image_shape)
+    with open(os.path.join(workdir, "model_summary.txt"), "w") as f:
+      f.write(f"model: {config.model.to_dict()}\nclasses: {dataset.num_classes}\n"
+              f"parameters: {summary['params']:,}\n"
+              f"FLOPs per image (XLA cost analysis, eval forward): "
+              f"{summary['flops_per_image']:,.0f}\n\n{summary['table']}\n")
+    with open(os.path.join(workdir, "model_summary.json"), "w") as f:
+      json.dump({k: summary[k] for k in ("params", "flops_per_image")}, f)
+    logging.info("%s + %s: %s parameters, %.1f MFLOPs per image",
+                 config.model.arch, config.model.attention,
+                 f"{summary['params']:,}", summary["flops_per_image"] / 1e6)
+
+  # Data on the devices, once.
+  train_images, train_labels = jax_utils.replicate(
+      (dataset.train.images, dataset.train.labels), devices=topology.devices)
+  test_data = shard_eval_data(dataset.test, topology, config.eval_batch_size)
+  p_train = make_train_fn(config, learning_rate_fn, topology)
+  p_eval = make_eval_fn(config, dataset.num_classes, topology)
+  state = jax_utils.replicate(state, devices=topology.devices)
+
+  chunk = config.steps_per_dispatch or steps_per_epoch
+  compiled = {}
+
+  def train_fn(num_steps, *args):
+    """AOT-compiled train function per chunk length (compile time is reported)."""
+    if num_steps not in compiled:
+      start = time.perf_counter()
+      compiled[num_steps] = p_train.lower(*args).compile()
+      compile_seconds[0] += time.perf_counter() - start
+    return compiled[num_steps](*args)
+
+  compile_seconds = [0.0]
+  logging.info("Training %s on %s: %d examples, %d steps/epoch, %d devices, "
+               "epochs %d..%d", config.model.arch, dataset.name,
+               len(dataset.train), steps_per_epoch, topology.global_device_count,
+               start_epoch + 1, config.num_epochs)
+  for epoch in range(start_epoch, config.num_epochs):
+    epoch_start = time.perf_counter()
+    compile_before = compile_seconds[0]
+    first_step = epoch * steps_per_epoch
+    indices = epoch_indices(len(dataset.train), epoch, config.seed,
+                            steps_per_epoch, topology, per_device_batch)
+    chunk_metrics = []
+    with _progress_bar(steps_per_epoch, f"epoch {epoch + 1}", primary) as bar:
+      for begin in range(0, steps_per_epoch, chunk):
+        chunk_indices = indices[:, begin:begin + chunk]
+        state, step_metrics = train_fn(
+            chunk_indices.shape[1], state, train_images, train_labels, chunk_indices)
+        if chunk_metrics:  # keep one dispatch in flight; the bar follows the device
+          jax.block_until_ready(chunk_metrics[-1])
+          bar.update(chunk_metrics[-1]["count"].shape[1])
+        chunk_metrics.append(step_metrics)
+      step_metrics = jax.device_get(
+          [jax.tree.map(lambda x: x[0], m) for m in chunk_metrics])
+      bar.update(step_metrics[-1]["count"].shape[0])
+    train_seconds = time.perf_counter() - epoch_start - (compile_seconds[0] - compile_before)
+    losses = np.concatenate([m["loss_sum"] / m["count"] for m in step_metrics])
+    learning_rates = np.concatenate([m["learning_rate"] for m in step_metrics])
+    seen = sum(int(m["count"].sum()) for m in step_metrics)
+    train_loss = sum(float(m["loss_sum"].sum()) for m in step_metrics) / seen
+    train_accuracy = sum(int(m["correct"].sum()) for m in step_metrics) / seen
+
+    test = summarize_eval(jax_utils.unreplicate(
+        p_eval(state, test_data.images, test_data.labels, test_data.mask)))
+    if not np.isfinite(train_loss):
+      raise FloatingPointError(
+          f"training diverged in epoch {epoch + 1} (train loss {train_loss}); "
+          "lower optimizer.learning_rate or check the data. The last good "
+          f"checkpoint is in {checkpoints.directory}.")
+    best_accuracy = max(best_accuracy, test["accuracy"])
+    record = {
+        "epoch": epoch + 1,
+        "step": first_step + steps_per_epoch,
+        "learning_rate": float(learning_rates[0]),
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "test_top5_accuracy": test["top5_accuracy"],
+        "best_test_accuracy": best_accuracy,
+        "test_examples": test["count"],
+        "images_per_sec": seen / max(train_seconds, 1e-9),
+        "compile_seconds": compile_seconds[0] - compile_before,
+        "epoch_seconds": time.perf_counter() - epoch_start,
+    }
+    metrics_log.write_steps(first_step, losses, learning_rates, config.log_every_steps)
+    metrics_log.write_epoch(record)
+    logging.info(
+        "epoch %3d/%d  lr %.4g  train loss %.4f acc %.4f  test loss %.4f acc "
+        "%.4f  best %.4f  %.0f img/s  %.1fs%s", epoch + 1, config.num_epochs,
+        record["learning_rate"], train_loss, train_accuracy, test["loss"],
+        test["accuracy"], best_accuracy, record["images_per_sec"],
+        record["epoch_seconds"],
+        f" (compile {record['compile_seconds']:.1f}s)" if record["compile_seconds"] else "")
+
+    is_last = epoch + 1 == config.num_epochs
+    if (is_last or (epoch + 1) % config.checkpoint_every_epochs == 0
+        or test["accuracy"] >= best_accuracy):
+      checkpoints.save(
+          first_step + steps_per_epoch, unreplicate(state),
+          {"epoch": epoch + 1, "test_accuracy": test["accuracy"],
+           "best_test_accuracy": best_accuracy})
+
+  checkpoints.wait()
+  checkpoints.close()
+  metrics_log.close()
+  return unreplicate(state)
