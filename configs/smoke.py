@@ -14,7 +14,6 @@ def get_config():
   config.batch_size = 64
   config.eval_batch_size = 64
   config.num_epochs = 2
-  config.steps_per_dispatch = 4
   config.schedule.boundaries = (1,)
   config.log_every_steps = 4
   return config

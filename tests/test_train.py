@@ -163,7 +163,7 @@ def test_evaluation_agrees_with_a_direct_forward_pass(smoke_run, cifar10_small):
   data = train.shard_eval_data(dataset.test, topology, 48)  # 256 = 5 batches + 16
   p_eval = train.make_eval_fn(config, dataset.num_classes, topology)
   from flax import jax_utils
-  totals = p_eval(jax_utils.replicate(state), data.images, data.labels, data.mask)
+  totals = p_eval(jax_utils.replicate(state), data)
   result = train.summarize_eval(jax_utils.unreplicate(totals))
   model = train.create_model(config, dataset.num_classes, axis_name=None)
   logits = np.asarray(model.apply(
@@ -252,7 +252,7 @@ def test_tfds_mock_data_through_the_full_pipeline(name, tmp_path):
 
 def test_learns_on_real_cifar10(cifar10_small, tmp_path):
   """ResNet18+WA on 3,000 real CIFAR-10 images: clearly above chance (10 %)."""
-  config = smoke_config(cifar10_small, num_epochs=4, batch_size=64, steps_per_dispatch=0,
+  config = smoke_config(cifar10_small, num_epochs=4, batch_size=64,
                         **{"data.max_train_examples": 0, "data.max_test_examples": 0,
                            "schedule.boundaries": (3,), "optimizer.learning_rate": 0.05})
   train.train_and_evaluate(config, str(tmp_path))

@@ -141,6 +141,17 @@ def cross_entropy(logits, labels):
       logits.astype(jnp.float32), labels)
 
 
+def scan(body, carry, xs, *, unroll: bool):
+  """`lax.scan`, or with `unroll` a Python loop (no XLA while loop at all)."""
+  if not unroll:
+    return jax.lax.scan(body, carry, xs)
+  outputs = []
+  for i in range(jax.tree.leaves(xs)[0].shape[0]):
+    carry, out = body(carry, jax.tree.map(lambda x: x[i], xs))
+    outputs.append(out)
+  return carry, jax.tree.map(lambda *ys: jnp.stack(ys), *outputs)
+
+
 def train_step(state: TrainState, images, labels, *, augment: bool,
                compute_dtype, learning_rate_fn):
   """One SGD step on a per-device batch of uint8 images (b, H, W, C), labels (b,).
@@ -176,22 +187,25 @@ def train_step(state: TrainState, images, labels, *, augment: bool,
   return new_state, metrics
 
 
-def train_steps(state, train_images, train_labels, indices, **step_kwargs):
+def train_steps(state, train_images, train_labels, indices, *, unroll: bool = False,
+                **step_kwargs):
   """`lax.scan` of `train_step` over indices (S, b): S steps in one dispatch.
 
   `train_images` (N, H, W, C) uint8 and `train_labels` (N,) are the whole
   training set on this device. Returns the state and per-step metrics (S,).
+  `unroll` (used on CPU, see `Topology.loops_in_xla`) unrolls the loop.
   """
 
   def body(state, batch_indices):
     return train_step(state, train_images[batch_indices],
                       train_labels[batch_indices], **step_kwargs)
 
-  return jax.lax.scan(body, state, indices)
+  return scan(body, state, indices, unroll=unroll)
 
 
 def eval_batches(state, images, labels, mask, *, num_classes: int,
-                 compute_dtype, transform: Callable | None = None):
+                 compute_dtype, transform: Callable | None = None,
+                 unroll: bool = False):
   """Evaluates (nb, b, H, W, C) uint8 batches with a 0/1 mask (nb, b).
 
   `transform(x_uint8, key) -> uint8` (optional) corrupts the images first, with
@@ -226,8 +240,8 @@ def eval_batches(state, images, labels, mask, *, num_classes: int,
   zeros = {k: jnp.zeros((), jnp.float32)
            for k in ("loss_sum", "correct", "top5_correct", "count")}
   zeros["confusion"] = jnp.zeros((num_classes, num_classes), jnp.float32)
-  totals, _ = jax.lax.scan(
-      body, zeros, (jnp.arange(images.shape[0]), images, labels, mask))
+  totals, _ = scan(
+      body, zeros, (jnp.arange(images.shape[0]), images, labels, mask), unroll=unroll)
   return jax.lax.psum(totals, AXIS_NAME)
 
 
@@ -265,6 +279,16 @@ class Topology:
   def current(cls, devices=None) -> "Topology":
     return cls(tuple(devices or jax.local_devices()), jax.process_index(),
                jax.process_count())
+
+  @property
+  def loops_in_xla(self) -> bool:
+    """Whether to run many steps per dispatch as an XLA loop.
+
+    XLA:CPU runs convolutions inside loop bodies ~20x slower than at top
+    level, so on CPU every dispatch is one (unrolled) step or batch; on GPU and
+    TPU an epoch is one `lax.scan`.
+    """
+    return self.devices[0].platform != "cpu"
 
   @property
   def local_device_count(self) -> int:
@@ -339,19 +363,36 @@ def shard_eval_data(split: input_pipeline.Split, topology: Topology,
 
 
 def make_eval_fn(config, num_classes: int, topology: Topology, transform=None):
-  """pmapped `eval_batches(state, images, labels, mask)` for replicated states."""
-  return jax.pmap(
+  """`evaluate(replicated_state, eval_data) -> totals` (replicated; see `eval_batches`).
+
+  One dispatch for the whole split where `topology.loops_in_xla`, else one
+  per batch with the totals summed on the devices.
+  """
+  p_eval = jax.pmap(
       functools.partial(
           eval_batches, num_classes=num_classes, transform=transform,
+          unroll=not topology.loops_in_xla,
           compute_dtype=jnp.bfloat16 if config.half_precision else jnp.float32),
       axis_name=AXIS_NAME, devices=topology.devices)
+
+  def evaluate(state, data: EvalData):
+    num_batches = data.images.shape[1]
+    chunk = num_batches if topology.loops_in_xla else 1
+    totals = None
+    for begin in range(0, num_batches, chunk):
+      part = p_eval(state, *(a[:, begin:begin + chunk]
+                             for a in (data.images, data.labels, data.mask)))
+      totals = part if totals is None else jax.tree.map(jnp.add, totals, part)
+    return totals
+
+  return evaluate
 
 
 def make_train_fn(config, learning_rate_fn, topology: Topology):
   """pmapped `train_steps(state, train_images, train_labels, indices)`; donates state."""
   return jax.pmap(
       functools.partial(
-          train_steps, augment=config.data.augment,
+          train_steps, augment=config.data.augment, unroll=not topology.loops_in_xla,
           learning_rate_fn=learning_rate_fn,
           compute_dtype=jnp.bfloat16 if config.half_precision else jnp.float32),
       axis_name=AXIS_NAME, devices=topology.devices, donate_argnums=(0,))
@@ -516,9 +557,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   test_data = shard_eval_data(dataset.test, topology, config.eval_batch_size)
   p_train = make_train_fn(config, learning_rate_fn, topology)
   p_eval = make_eval_fn(config, dataset.num_classes, topology)
-  state = jax_utils.replicate(state, devices=topology.devices)
+  # Give the state the sharding that pmap outputs have, so that the compiled
+  # step sees one input layout from the first call on.
+  state = jax.pmap(lambda x: x, devices=topology.devices)(
+      jax_utils.replicate(state, devices=topology.devices))
 
-  chunk = config.steps_per_dispatch or steps_per_epoch
+  chunk = config.steps_per_dispatch or (steps_per_epoch if topology.loops_in_xla else 1)
   compiled = {}
 
   def train_fn(num_steps, *args):
@@ -560,8 +604,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_loss = sum(float(m["loss_sum"].sum()) for m in step_metrics) / seen
     train_accuracy = sum(int(m["correct"].sum()) for m in step_metrics) / seen
 
-    test = summarize_eval(jax_utils.unreplicate(
-        p_eval(state, test_data.images, test_data.labels, test_data.mask)))
+    test = summarize_eval(jax_utils.unreplicate(p_eval(state, test_data)))
     if not np.isfinite(train_loss):
       raise FloatingPointError(
           f"training diverged in epoch {epoch + 1} (train loss {train_loss}); "
