@@ -52,7 +52,7 @@ SCRIPT = textwrap.dedent(r"""
     split = input_pipeline.Split(images[:37], labels[:37])
     data = train.shard_eval_data(split, topology, 12)
     totals = train.make_eval_fn(config, 10, topology)(jax_utils.replicate(multi), data)
-    result = train.summarize_eval(jax_utils.unreplicate(totals))
+    result = train.summarize_eval(train.unreplicate(totals))
     assert result["count"] == 37, result["count"]
     print("CROSS_REPLICA_OK")
 """)

@@ -164,7 +164,7 @@ def test_evaluation_agrees_with_a_direct_forward_pass(smoke_run, cifar10_small):
   p_eval = train.make_eval_fn(config, dataset.num_classes, topology)
   from flax import jax_utils
   totals = p_eval(jax_utils.replicate(state), data)
-  result = train.summarize_eval(jax_utils.unreplicate(totals))
+  result = train.summarize_eval(train.unreplicate(totals))
   model = train.create_model(config, dataset.num_classes, axis_name=None)
   logits = np.asarray(model.apply(
       {"params": state.params, "batch_stats": state.batch_stats},

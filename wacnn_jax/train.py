@@ -405,8 +405,12 @@ def put_sharded(array: np.ndarray, devices) -> jax.Array:
 
 
 def unreplicate(tree):
-  """First replica of a replicated pytree, fetched to host memory."""
-  return jax.device_get(jax_utils.unreplicate(tree))
+  """First replica of a pmapped (devices, ...) pytree, fetched to host memory.
+
+  (flax's `jax_utils.unreplicate` keeps the device axis when pmap ran on a
+  subset of the local devices.)
+  """
+  return jax.device_get(jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree))
 
 
 # ---------------------------------------------------------------------------
@@ -507,6 +511,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   topology = Topology.current(devices)
   per_device_batch = topology.per_device_batch(config.batch_size)
   primary = topology.process_index == 0
+  create_model(config, num_classes=1)  # unknown arch/attention/...: fail before loading data
   os.makedirs(workdir, exist_ok=True)
 
   dataset = input_pipeline.load_dataset(config.data)
@@ -604,7 +609,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_loss = sum(float(m["loss_sum"].sum()) for m in step_metrics) / seen
     train_accuracy = sum(int(m["correct"].sum()) for m in step_metrics) / seen
 
-    test = summarize_eval(jax_utils.unreplicate(p_eval(state, test_data)))
+    test = summarize_eval(unreplicate(p_eval(state, test_data)))
     if not np.isfinite(train_loss):
       raise FloatingPointError(
           f"training diverged in epoch {epoch + 1} (train loss {train_loss}); "
