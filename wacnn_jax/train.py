@@ -404,6 +404,15 @@ def put_sharded(array: np.ndarray, devices) -> jax.Array:
   return jax.device_put(array, jax.NamedSharding(mesh, jax.P("devices")))
 
 
+def replicate_state(tree, topology: Topology):
+  """Copies a host pytree to every local device, laid out as pmap outputs are.
+
+  (So that a compiled step sees one input layout from the first call on.)
+  """
+  return jax.pmap(lambda x: x, devices=topology.devices)(
+      jax_utils.replicate(tree, devices=topology.devices))
+
+
 def unreplicate(tree):
   """First replica of a pmapped (devices, ...) pytree, fetched to host memory.
 
@@ -562,10 +571,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   test_data = shard_eval_data(dataset.test, topology, config.eval_batch_size)
   p_train = make_train_fn(config, learning_rate_fn, topology)
   p_eval = make_eval_fn(config, dataset.num_classes, topology)
-  # Give the state the sharding that pmap outputs have, so that the compiled
-  # step sees one input layout from the first call on.
-  state = jax.pmap(lambda x: x, devices=topology.devices)(
-      jax_utils.replicate(state, devices=topology.devices))
+  state = replicate_state(state, topology)
 
   chunk = config.steps_per_dispatch or (steps_per_epoch if topology.loops_in_xla else 1)
   compiled = {}
