@@ -1,0 +1,447 @@
+"""Model registry: parameter counts derived by hand, forward passes, WA placement, dtypes.
+
+Parameter counts come from docs/parameter_counts.md (arithmetic there) and are
+compared with `jax.eval_shape(model.init, ...)`. Forward passes use random
+parameters of the right shapes (real initialisation of every deep network
+would dominate the run time on CPU); real initialisation is tested on a few
+networks.
+"""
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import pywt
+
+from wacnn_jax import models
+from wacnn_jax.models import resnet
+from wacnn_jax.models import vgg
+
+ATTENTIONS = ("none", "se", "cbam", "eca", "gc", "wa")
+
+# (arch, block): counts for ATTENTIONS at 10 classes (docs/parameter_counts.md).
+PARAMS_10 = {
+    ("resnet18", "basic"): (272474, 280538, 281858, 272501, 281471, 272474),
+    ("resnet34", "basic"): (466906, 480346, 482546, 466951, 481901, 466906),
+    ("resnet50", "basic"): (855770, 879962, 883922, 855851, 882761, 855770),
+    ("resnet110", "basic"): (1730714, 1779098, 1787018, 1730876, 1784696, 1730714),
+    ("resnet164", "basic"): (2605658, 2678234, 2690114, 2605901, 2686631, 2605658),
+    ("resnet50", "bottleneck"): (591322, 849370, 854530, 591376, 856780, 591322),
+    ("resnet110", "bottleneck"): (1147738, 1663834, 1674154, 1147846, 1678654, 1147738),
+    ("resnet164", "bottleneck"): (1704154, 2478298, 2493778, 1704316, 2500528, 1704154),
+    ("vgg11_bn", None): (28149514, 28749578, 28753818, 28149538, 28757154, 28149514),
+    ("vgg13_bn", None): (28334410, 28944714, 28949394, 28334440, 28952820, 28334410),
+    ("vgg16_bn", None): (33646666, 34551882, 34558462, 33646705, 34563511, 33646666),
+    ("vgg19_bn", None): (38958922, 40159050, 40167530, 38958970, 40174202, 38958922),
+    ("mobilenetv2", None): (2296922, 2410778, 2414358, 2296973, 2414931, 2296922),
+}
+# 90 more classes: 90 * (classifier input width + 1).
+EXTRA_FOR_100 = {"basic": 90 * 65, "bottleneck": 90 * 257, "vgg": 90 * 4097,
+                 "mobilenetv2": 90 * 1281}
+CONFIGS = tuple(PARAMS_10)
+
+KEY = jax.random.key(0)
+# Real initialisation runs jitted with the rbg PRNG: threefry's kernels are slow to compile on CPU.
+FAST_KEY = jax.random.key(0, impl="rbg")
+IMAGES = jax.random.normal(jax.random.key(1), (2, 32, 32, 3), jnp.float32)
+
+
+def _family(arch, block):
+  return block or ("vgg" if arch.startswith("vgg") else arch)
+
+
+def _model(arch, block, attention="none", num_classes=10, **kwargs):
+  return models.create_model(arch, num_classes=num_classes, attention=attention,
+                             block=None if block == "basic" else block, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _shapes(arch, block, attention="none", num_classes=10, wa_stages="reference"):
+  model = _model(arch, block, attention, num_classes, wa_stages=wa_stages)
+  return jax.eval_shape(
+      lambda: model.init({"params": KEY, "dropout": KEY}, IMAGES, train=False))
+
+
+def _count(tree):
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+def _random_variables(shapes, seed=0):
+  """Variables of the given shapes: kernels ~ N(0, 1/fan_in), BN identity, biases 0."""
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      kernel = rng.standard_normal(leaf.shape, dtype=np.float32) / np.float32(np.sqrt(fan_in))
+      return jnp.asarray(kernel)
+    if name in ("scale", "var"):
+      return jnp.ones(leaf.shape, jnp.float32)
+    return jnp.zeros(leaf.shape, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, flax.core.unfreeze(shapes))
+
+
+def _with_classes(variables, num_classes, seed=0):
+  """The same variables with a fresh `classifier` for `num_classes` classes."""
+  params = dict(variables["params"])
+  width = params["classifier"]["kernel"].shape[0]
+  kernel = np.random.default_rng(seed).standard_normal((width, num_classes), dtype=np.float32)
+  params["classifier"] = {"kernel": jnp.asarray(kernel / np.sqrt(width)),
+                          "bias": jnp.zeros((num_classes,), jnp.float32)}
+  return {"params": params, "batch_stats": variables["batch_stats"]}
+
+
+# --------------------------------------------------------------------------- counts
+
+
+def _count_cases():
+  """Every (arch, block, attention). The comparison attentions on the two deepest ResNets
+  (16 cases, ~2/3 of this test's time: tracing 54-81 blocks) are marked slow; run them with
+  `pytest -m slow`. Their counts are linear in the depth, which the default run checks at
+  n = 3, 5, 9 (basic) and 6 (bottleneck)."""
+  for arch, block in CONFIGS:
+    for attention in ATTENTIONS:
+      deep = arch in ("resnet110", "resnet164") and attention not in ("none", "wa")
+      yield pytest.param(arch, block, attention, marks=[pytest.mark.slow] if deep else [])
+
+
+@pytest.mark.parametrize("arch, block, attention", list(_count_cases()))
+def test_parameter_count(arch, block, attention):
+  variables = _shapes(arch, block, attention)
+  assert set(variables) == {"params", "batch_stats"}
+  assert _count(variables["params"]) == PARAMS_10[(arch, block)][ATTENTIONS.index(attention)]
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+
+
+@pytest.mark.parametrize("arch, block", [
+    ("resnet18", "basic"), ("resnet50", "bottleneck"), ("vgg11_bn", None), ("mobilenetv2", None)])
+def test_parameter_count_100_classes(arch, block):
+  expected = PARAMS_10[(arch, block)][0] + EXTRA_FOR_100[_family(arch, block)]
+  assert _count(_shapes(arch, block, "none", 100)["params"]) == expected
+
+
+def test_wa_all_stages_keeps_the_count():
+  shapes = _shapes("resnet18", "basic", "wa", wa_stages="all")
+  assert _count(shapes["params"]) == PARAMS_10[("resnet18", "basic")][0]
+  # Stage 3's downsampling block now has a stride-1 shortcut on LL: same shapes.
+  assert shapes["params"]["stage3_block0"]["shortcut_conv"]["kernel"].shape == (1, 1, 32, 64)
+
+
+def test_comparison_attention_sits_in_every_block():
+  blocks = lambda p: [k for k in p if k.startswith("stage")]
+  params = _shapes("resnet18", "basic", "se")["params"]
+  assert len(blocks(params)) == 9 and all("attention" in params[b] for b in blocks(params))
+  params = _shapes("mobilenetv2", None, "gc")["params"]
+  assert len(blocks(params)) == 17 and all("attention" in params[b] for b in blocks(params))
+  params = _shapes("vgg11_bn", None, "cbam")["params"]
+  assert sorted(k for k in params if k.startswith("attention")) == [
+      f"attention{i}" for i in range(8)]
+  assert params["attention7"]["spatial_conv"]["kernel"].shape == (7, 7, 2, 1)
+
+
+# --------------------------------------------------------------------------- forward
+
+
+WA_SITES = {  # where WA sits with wa_stages="reference" (module paths)
+    "basic": {"stage2_block0"},
+    "bottleneck": {"stage2_block0", "stage3_block0"},
+    "vgg": {f"wavelet_attention{i}" for i in range(5)},
+    "mobilenetv2": {"stage3_block0", "stage4_block0", "stage6_block0"},
+}
+
+
+def _wa_sites(intermediates):
+  """Module paths holding a WaveletAttention's sown maps."""
+  sites = set()
+  for path, _ in jax.tree_util.tree_flatten_with_path(intermediates)[0]:
+    keys = [p.key for p in path if hasattr(p, "key")]
+    if "attention" in keys:
+      i = keys.index("attention")
+      site = keys[i - 2] if keys[i - 1] == "wavelet_attention" else keys[i - 1]
+      sites.add(site)
+  return sites
+
+
+def _run(model, variables, num_classes, expect_wa, jit=False):
+  """Eval and train mode on two images: float32 (N, num_classes) logits, BN updates, WA sites.
+
+  Eager by default: the ResNets and VGGs repeat a few op shapes, which eager
+  mode compiles once for all of them; MobileNetV2 has many shapes of its own
+  and costs a little less as one jitted function.
+  """
+
+  def both(variables):
+    logits, state = model.apply(variables, IMAGES, train=False, mutable=["intermediates"])
+    train_logits, updates = model.apply(variables, IMAGES, train=True,
+                                        rngs={"dropout": jax.random.key(2)},
+                                        mutable=["batch_stats"])
+    return logits, state.get("intermediates", {}), train_logits, updates
+
+  logits, intermediates, train_logits, updates = (jax.jit(both) if jit else both)(variables)
+  for out in (logits, train_logits):
+    assert out.shape == (2, num_classes) and out.dtype == jnp.float32
+    assert np.isfinite(np.asarray(out)).all()
+  assert _wa_sites(intermediates) == expect_wa
+  assert jax.tree.structure(updates["batch_stats"]) == jax.tree.structure(
+      variables["batch_stats"])
+  # Training uses batch statistics: the first BN's running mean moves away from 0.
+  first_bn = "bn0" if "bn0" in updates["batch_stats"] else "stem_bn"
+  assert np.abs(np.asarray(updates["batch_stats"][first_bn]["mean"])).max() > 0
+
+
+@pytest.mark.parametrize("arch, block", CONFIGS)
+def test_forward_baseline_and_wa(arch, block):
+  """Baseline at 10 classes, WA at 100, both in eval and train mode."""
+  shapes = _shapes(arch, block, "none")
+  # WA adds no parameters and changes no shape.
+  assert jax.tree.map(lambda a: a.shape, shapes) == jax.tree.map(
+      lambda a: a.shape, _shapes(arch, block, "wa"))
+  variables = _random_variables(shapes)
+  jit = arch == "mobilenetv2"
+  _run(_model(arch, block, "none", 10), variables, 10, expect_wa=set(), jit=jit)
+  _run(_model(arch, block, "wa", 100), _with_classes(variables, 100), 100,
+       expect_wa=WA_SITES[_family(arch, block)], jit=jit)
+
+
+def test_forward_wa_all_stages_and_alias():
+  model = _model("resnet18", "basic", "wa", wa_stages="all")
+  variables = _random_variables(_shapes("resnet18", "basic", "wa", wa_stages="all"))
+  _run(model, variables, 10, expect_wa={"stage2_block0", "stage3_block0"})
+  alias = models.create_model("resnet18", num_classes=10, attention="wad")
+  assert alias == _model("resnet18", "basic", "wa")
+  # VGG / MobileNetV2: "all" is "reference".
+  assert (models.create_model("vgg11_bn", num_classes=10, attention="wa", wa_stages="all")
+          == models.create_model("vgg11_bn", num_classes=10, attention="wa"))
+
+
+@pytest.mark.parametrize("arch, attention", [
+    ("resnet18", "se"), ("resnet18", "cbam"), ("resnet18", "eca"), ("resnet18", "gc"),
+    ("vgg11_bn", "se"), ("mobilenetv2", "eca"),
+])
+def test_forward_comparison_attention(arch, attention):
+  block = "basic" if arch.startswith("resnet") else None
+  variables = _random_variables(_shapes(arch, block, attention))
+  num_classes = 10 if attention in ("se", "eca") else 100
+  _run(_model(arch, block, attention, num_classes), _with_classes(variables, num_classes),
+       num_classes, expect_wa=set(), jit=arch == "mobilenetv2")
+
+
+def test_vgg_dropout_only_in_training():
+  model = _model("vgg11_bn", None)
+  variables = _random_variables(_shapes("vgg11_bn", None))
+  run = lambda key: model.apply(variables, IMAGES, train=True, rngs={"dropout": key},
+                                mutable=["batch_stats"])[0]
+  assert not np.allclose(np.asarray(run(jax.random.key(3))), np.asarray(run(jax.random.key(4))))
+  eval_logits = [model.apply(variables, IMAGES, train=False) for _ in range(2)]
+  np.testing.assert_array_equal(np.asarray(eval_logits[0]), np.asarray(eval_logits[1]))
+
+
+# --------------------------------------------------------------------------- WA wiring
+
+
+def _conv_nhwc(x, kernel):
+  """Stride-1 'same' correlation with zero padding, explicit loops (numpy, float64)."""
+  k = kernel.shape[0]
+  p = k // 2
+  padded = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+  out = np.zeros(x.shape[:3] + (kernel.shape[-1],))
+  for i in range(x.shape[1]):
+    for j in range(x.shape[2]):
+      out[:, i, j] = np.einsum("nabc,abco->no", padded[:, i:i + k, j:j + k], kernel)
+  return out
+
+
+def test_wa_basic_block_wiring():
+  """WA block: conv1 (stride 1) sees `out`, the stride-1 1x1 shortcut sees `ll`."""
+  x = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype(np.float32)
+  block = resnet.BasicBlock(6, strides=2, wavelet_downsample=True, wavelet="db2")
+  variables = _random_variables(jax.eval_shape(lambda: block.init(KEY, x, train=False)))
+  y, state = block.apply(variables, x, train=False, capture_intermediates=True,
+                         mutable=["intermediates"])
+  inter = state["intermediates"]
+  assert y.shape == (2, 4, 4, 6)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), flax.core.unfreeze(variables["params"]))
+  ca, (ch, cv, _) = pywt.dwt2(x.astype(np.float64), "db2", mode="periodization", axes=(1, 2))
+  att = np.exp(ch + cv) / np.exp(ch + cv).sum(-1, keepdims=True)
+  out = ca + ca * att
+  np.testing.assert_allclose(np.asarray(inter["conv1"]["__call__"][0]),
+                             _conv_nhwc(out, p["conv1"]["kernel"]), atol=1e-4)
+  np.testing.assert_allclose(np.asarray(inter["shortcut_conv"]["__call__"][0]),
+                             _conv_nhwc(ca, p["shortcut_conv"]["kernel"]), atol=1e-4)
+  assert p["shortcut_conv"]["kernel"].shape == (1, 1, 4, 6)
+
+
+def test_wa_mobilenet_block_uses_stride_one_depthwise_after_wa():
+  params = _shapes("mobilenetv2", None, "wa")["params"]["stage3_block0"]
+  assert params["depthwise_conv"]["kernel"].shape == (3, 3, 1, 144)
+  assert "shortcut_conv" not in params
+  block = models.mobilenet_v2.InvertedResidual(32, 6, 2, wavelet_downsample=True)
+  x = jnp.ones((1, 8, 8, 24))
+  shapes = jax.eval_shape(lambda: block.init(KEY, x, train=False))
+  out = jax.eval_shape(lambda v: block.apply(v, x, train=False), shapes)
+  assert out.shape == (1, 4, 4, 32)
+
+
+@pytest.mark.parametrize("arch, block, expected", [
+    ("resnet18", None, {"stage2_block0": (2, 16, 16, 16)}),
+    ("resnet50", "bottleneck", {"stage2_block0": (2, 16, 16, 64),
+                                "stage3_block0": (2, 8, 8, 128)}),
+    ("vgg11_bn", None, {"wavelet_attention0": (2, 16, 16, 64),
+                        "wavelet_attention4": (2, 1, 1, 512)}),
+    # MobileNetV2: WA runs on the expanded features (6 x input channels).
+    ("mobilenetv2", None, {"stage3_block0": (2, 16, 16, 144), "stage4_block0": (2, 8, 8, 192),
+                           "stage6_block0": (2, 4, 4, 576)}),
+])
+def test_wa_input_shapes(arch, block, expected):
+  model = _model(arch, block, "wa")
+  shapes = _shapes(arch, block, "wa")
+  _, state = jax.eval_shape(
+      lambda v: model.apply(v, IMAGES, train=False, mutable=["intermediates"]), shapes)
+  inter = state["intermediates"]
+  for site, shape in expected.items():
+    maps = inter[site] if site.startswith("wavelet") else inter[site]["wavelet_attention"]
+    assert maps["ll"][0].shape == shape, site
+
+
+# --------------------------------------------------------------------------- init, dtype, BN
+
+
+def test_vgg_initialisers():
+  """Conv kaiming-normal fan_out (relu), Dense N(0, 0.01), biases 0, BN 1 / 0."""
+  model = vgg.VGG((256, "M", 256, "M"), num_classes=10)
+  params = jax.jit(lambda k: model.init(k, jnp.zeros((1, 4, 4, 3)), train=False))(FAST_KEY)
+  params = params["params"]
+  kernel = np.asarray(params["conv1"]["kernel"])  # 256 -> 256, fan_out = 9 * 256
+  assert abs(kernel.std() / np.sqrt(2 / (9 * 256)) - 1) < 0.02
+  assert abs(kernel.mean()) < 1e-3
+  assert np.abs(kernel).max() > 3.5 * kernel.std()  # not truncated
+  fc = np.asarray(params["fc2"]["kernel"])
+  assert abs(fc.std() / 0.01 - 1) < 0.02
+  assert abs(np.asarray(params["classifier"]["kernel"]).std() / 0.01 - 1) < 0.05
+  for name in ("conv0", "conv1", "fc1", "fc2", "classifier"):
+    assert not np.asarray(params[name]["bias"]).any()
+  np.testing.assert_array_equal(np.asarray(params["bn1"]["scale"]), 1.0)
+  assert not np.asarray(params["bn1"]["bias"]).any()
+
+
+def _tiny_resnet(**kwargs):
+  """A CIFAR ResNet with one block per stage: every code path of the deep ones, few ops."""
+  return resnet.CifarResNet((1, 1, 1), resnet.BasicBlock, num_classes=10, **kwargs)
+
+
+def test_real_init_and_pytorch_default_conv_init():
+  model = _tiny_resnet(wavelet_stages=(2,))
+  variables = jax.jit(lambda k: model.init({"params": k}, IMAGES, train=False))(FAST_KEY)
+  # 464 + 4,672 + 14,528 + 57,728 + 650 (docs/parameter_counts.md, n = 1)
+  assert _count(variables["params"]) == 78042
+  kernel = np.asarray(variables["params"]["stage3_block0"]["conv2"]["kernel"])
+  bound = 1 / np.sqrt(9 * 64)  # U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+  assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
+  np.testing.assert_array_equal(np.asarray(variables["batch_stats"]["stem_bn"]["var"]), 1.0)
+  logits = jax.jit(lambda v: model.apply(v, IMAGES, train=False))(variables)
+  assert logits.shape == (2, 10) and np.isfinite(np.asarray(logits)).all()
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  model = models.create_model("resnet18", num_classes=10, attention="wa", dtype=jnp.bfloat16)
+  shapes = jax.eval_shape(
+      lambda: model.init({"params": KEY, "dropout": KEY}, IMAGES, train=False))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes))
+  # The same code paths on one block per stage, jitted (bf16 ops are all new to compile).
+  tiny = _tiny_resnet(wavelet_stages=(2,), dtype=jnp.bfloat16)
+  variables = _random_variables(jax.eval_shape(
+      lambda: tiny.init({"params": KEY}, IMAGES, train=False)))
+
+  @jax.jit
+  def forward(variables):
+    logits, state = tiny.apply(variables, IMAGES, train=False, capture_intermediates=True,
+                               mutable=["intermediates"])
+    inter = state["intermediates"]
+    reference = tiny.clone(dtype=jnp.float32).apply(variables, IMAGES, train=False)
+    return (logits, inter["stem_conv"]["__call__"][0],
+            inter["stage2_block0"]["wavelet_attention"]["out"][0], reference)
+
+  logits, stem, wa_out, reference = forward(variables)
+  assert logits.dtype == jnp.float32 and reference.dtype == jnp.float32
+  assert stem.dtype == jnp.bfloat16 and wa_out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(reference), atol=0.1, rtol=0.1)
+
+
+def test_batch_norm_axis_name_reaches_every_batch_norm():
+  """Two 'devices' of one image under vmap(axis_name) == one batch of two images."""
+  shapes = jax.eval_shape(lambda: _tiny_resnet(attention="cbam", attention_param=4).init(
+      {"params": KEY}, IMAGES, train=False))
+  variables = _random_variables(shapes, seed=1)
+  whole, whole_stats = jax.jit(
+      lambda v, x: _tiny_resnet(attention="cbam", attention_param=4).apply(
+          v, x, train=True, mutable=["batch_stats"]))(variables, IMAGES)
+  model = _tiny_resnet(attention="cbam", attention_param=4, axis_name="devices")
+  split, split_stats = jax.jit(jax.vmap(
+      lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
+      in_axes=(None, 0), axis_name="devices"))(variables, IMAGES[:, None])
+  np.testing.assert_allclose(np.asarray(split[:, 0]), np.asarray(whole), rtol=1e-4, atol=1e-4)
+  for a, b in zip(jax.tree.leaves(split_stats), jax.tree.leaves(whole_stats)):
+    np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b), rtol=1e-4, atol=1e-5)
+  # create_model hands axis_name down.
+  assert models.create_model("mobilenetv2", num_classes=10, axis_name="devices").axis_name == (
+      "devices")
+
+
+def test_batch_norm_momentum_and_epsilon():
+  """Running mean <- 0.9 mean + 0.1 batch mean (PyTorch momentum 0.1); eps 1e-5 in eval."""
+  model = _model("resnet18", "basic")
+  variables = _random_variables(_shapes("resnet18", "basic"))
+  stats = flax.core.unfreeze(variables["batch_stats"])
+  stats["stem_bn"]["mean"] = jnp.full((16,), 0.5)
+  stats["stem_bn"]["var"] = jnp.full((16,), 3.0)
+  variables = {"params": variables["params"], "batch_stats": stats}
+  _, state = model.apply(variables, IMAGES, train=True, capture_intermediates=True,
+                         mutable=["batch_stats", "intermediates"])
+  conv = np.asarray(state["intermediates"]["stem_conv"]["__call__"][0], np.float64)
+  np.testing.assert_allclose(np.asarray(state["batch_stats"]["stem_bn"]["mean"]),
+                             0.9 * 0.5 + 0.1 * conv.mean(axis=(0, 1, 2)), rtol=1e-5)
+  _, state = model.apply(variables, IMAGES, train=False, capture_intermediates=True,
+                         mutable=["intermediates"])
+  conv = np.asarray(state["intermediates"]["stem_conv"]["__call__"][0], np.float64)
+  bn = np.asarray(state["intermediates"]["stem_bn"]["__call__"][0])
+  np.testing.assert_allclose(bn, (conv - 0.5) / np.sqrt(3.0 + 1e-5), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(arch="resnet20"), r"unknown arch 'resnet20'.*resnet18.*vgg16_bn.*mobilenetv2"),
+    (dict(arch="resnet18", attention="sa"),
+     r"unknown attention 'sa'.*none, se, cbam, eca, gc, wa"),
+    (dict(arch="resnet50", block="preact"), r"unknown block 'preact'.*basic, bottleneck"),
+    (dict(arch="resnet18", wa_stages="some"), r"unknown wa_stages 'some'.*reference, all"),
+    (dict(arch="resnet18", block="bottleneck"),
+     r"resnet18 has no bottleneck.*resnet50, resnet110, resnet164"),
+    (dict(arch="vgg16_bn", block="basic"), r"ResNets only.*block=None"),
+    (dict(arch="mobilenetv2", block="bottleneck"), r"ResNets only"),
+    (dict(arch="resnet18", attention="wa", attention_param="morl"), r"continuous"),
+    (dict(arch="resnet18", attention="se", attention_param="haar"), r"positive integer"),
+    (dict(arch="resnet18", attention="eca", attention_param=0), r"positive integer"),
+])
+def test_bad_names(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    models.create_model(num_classes=10, **kwargs)
+
+
+def test_registry_names():
+  assert models.ARCHS == ("resnet18", "resnet34", "resnet50", "resnet110", "resnet164",
+                          "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "mobilenetv2")
+  assert models.ATTENTIONS == ATTENTIONS
+  assert models.BLOCKS == ("basic", "bottleneck") and models.WA_STAGES == ("reference", "all")
+  model = _model("resnet50", "bottleneck")
+  assert model.block_cls is resnet.Bottleneck and tuple(model.stage_sizes) == (6, 6, 6)
+  model = _model("resnet50", "basic", "wa", attention_param="db2")
+  assert model.block_cls is resnet.BasicBlock and tuple(model.stage_sizes) == (9, 9, 9)
+  assert model.wavelet == "db2" and tuple(model.wavelet_stages) == (2,)

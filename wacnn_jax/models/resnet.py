@@ -1,0 +1,149 @@
+"""CIFAR ResNets (He et al. 2016; the reference's `resnet*` names), with attention slots.
+
+Input (N, 32, 32, 3) NHWC -> float32 logits (N, num_classes). Stem conv3x3
+3->16 (no bias) -> BN -> ReLU; three stages of 16/32/64 channels (x4 for
+Bottleneck), the first block of stages 2 and 3 downsampling by 2; global
+average pool; Dense. Convolutions have no bias; shortcuts are identity or
+conv1x1(stride) + BN when the stride or channel count changes (option B).
+
+SE/CBAM/ECA/GC sit after each block's last BN, before the addition. WA
+(`wavelet_downsample`) replaces a block's stride: `out, ll = WA(x)`, the
+block's strided convolution runs at stride 1 on `out` and the shortcut is
+conv1x1 stride 1 + BN on `ll`; the parameter count does not change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from wacnn_jax.attention import WaveletAttention
+from wacnn_jax.models import layers
+
+BASIC_DEPTHS = {"resnet18": (3, 3, 3), "resnet34": (5, 5, 5), "resnet50": (9, 9, 9),
+                "resnet110": (18, 18, 18), "resnet164": (27, 27, 27)}
+BOTTLENECK_DEPTHS = {"resnet50": (6, 6, 6), "resnet110": (12, 12, 12),
+                     "resnet164": (18, 18, 18)}
+STAGE_WIDTHS = (16, 32, 64)
+
+
+class _Block(nn.Module):
+  """Fields shared by BasicBlock and Bottleneck (their shared entry, WA, is `_enter`;
+  their shared exit, attention + shortcut + ReLU, is `_residual`)."""
+
+  features: int
+  strides: int = 1
+  wavelet_downsample: bool = False
+  wavelet: str = "haar"
+  attention: str | None = None
+  attention_param: Any = None
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  expansion: ClassVar[int] = 1
+
+  def _bn(self, train: bool, name: str) -> nn.BatchNorm:
+    return layers.batch_norm(train, dtype=self.dtype, axis_name=self.axis_name, name=name)
+
+
+def _enter(block: _Block, x):
+  """-> (main-path input, shortcut input, stride of the main path)."""
+  if block.wavelet_downsample:
+    if block.strides != 2:
+      raise ValueError("wavelet_downsample needs a stride-2 block.")
+    out, ll = WaveletAttention(block.wavelet, name="wavelet_attention")(x)
+    return out, ll, 1
+  return x, x, block.strides
+
+
+class BasicBlock(_Block):
+  """NHWC (N, H, W, Cin) -> (N, H/s, W/s, features).
+
+  conv3x3(s) -> BN -> ReLU -> conv3x3 -> BN -> [attention] -> + shortcut -> ReLU.
+  """
+
+  expansion: ClassVar[int] = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x, shortcut, strides = _enter(self, x)
+    y = layers.conv(self.features, 3, strides=strides, dtype=self.dtype, name="conv1")(x)
+    y = nn.relu(self._bn(train, "bn1")(y))
+    y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
+    y = self._bn(train, "bn2")(y)
+    return _residual(self, y, shortcut, strides, train)
+
+
+class Bottleneck(_Block):
+  """NHWC (N, H, W, Cin) -> (N, H/s, W/s, 4 * features).
+
+  conv1x1 -> BN -> ReLU -> conv3x3(s) -> BN -> ReLU -> conv1x1 (x4) -> BN ->
+  [attention] -> + shortcut -> ReLU (the reference's conv3x3 input-channel bug
+  fixed: it takes `features` channels). With WA, WA runs on the block input.
+  """
+
+  expansion: ClassVar[int] = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x, shortcut, strides = _enter(self, x)
+    y = layers.conv(self.features, 1, dtype=self.dtype, name="conv1")(x)
+    y = nn.relu(self._bn(train, "bn1")(y))
+    y = layers.conv(self.features, 3, strides=strides, dtype=self.dtype, name="conv2")(y)
+    y = nn.relu(self._bn(train, "bn2")(y))
+    y = layers.conv(self.features * self.expansion, 1, dtype=self.dtype, name="conv3")(y)
+    y = self._bn(train, "bn3")(y)
+    return _residual(self, y, shortcut, strides, train)
+
+
+def _residual(block: _Block, y, shortcut, strides: int, train: bool):
+  """[attention] -> + shortcut (identity, or conv1x1(strides) + BN) -> ReLU."""
+  y = layers.comparison_attention(block.attention, block.attention_param, y, train,
+                                  dtype=block.dtype, axis_name=block.axis_name,
+                                  name="attention")
+  if strides != 1 or shortcut.shape[-1] != y.shape[-1] or block.wavelet_downsample:
+    shortcut = layers.conv(y.shape[-1], 1, strides=strides, dtype=block.dtype,
+                           name="shortcut_conv")(shortcut)
+    shortcut = block._bn(train, "shortcut_bn")(shortcut)
+  return nn.relu(y + shortcut)
+
+
+class CifarResNet(nn.Module):
+  """Stem, three stages of `stage_sizes` blocks, global average pool, Dense.
+
+  (N, 32, 32, 3) -> float32 logits (N, num_classes). `wavelet_stages`: the
+  stages (2 and/or 3) whose first, downsampling block uses WA instead of a
+  strided convolution.
+  """
+
+  stage_sizes: Sequence[int]
+  block_cls: Any
+  num_classes: int
+  wavelet_stages: Sequence[int] = ()
+  wavelet: str = "haar"
+  attention: str | None = None
+  attention_param: Any = None
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = jnp.asarray(x, self.dtype)
+    x = layers.conv(16, 3, dtype=self.dtype, name="stem_conv")(x)
+    x = layers.batch_norm(train, dtype=self.dtype, axis_name=self.axis_name,
+                          name="stem_bn")(x)
+    x = nn.relu(x)
+    for stage, (size, width) in enumerate(zip(self.stage_sizes, STAGE_WIDTHS), start=1):
+      for index in range(size):
+        strides = 2 if stage > 1 and index == 0 else 1
+        x = self.block_cls(
+            width, strides=strides,
+            wavelet_downsample=strides == 2 and stage in self.wavelet_stages,
+            wavelet=self.wavelet, attention=self.attention,
+            attention_param=self.attention_param, dtype=self.dtype,
+            axis_name=self.axis_name, name=f"stage{stage}_block{index}")(x, train)
+    x = layers.global_average_pool(x)
+    x = layers.dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+    return x.astype(jnp.float32)

@@ -1,0 +1,76 @@
+"""VGG with BatchNorm for CIFAR (vgg11_bn/13/16/19), with attention slots.
+
+(N, 32, 32, 3) NHWC -> float32 logits (N, num_classes). Each number in the
+config is conv3x3 (with bias) -> BN -> [SE/CBAM/ECA/GC] -> ReLU; 'M' is a
+2x2 max-pool, or, with `wavelet_pooling`, the WA block (its `out`; all five
+pools are replaced). After five halvings the features are (N, 1, 1, 512);
+classifier Dense 512->4096 -> ReLU -> Dropout(0.5) -> Dense 4096->4096 ->
+ReLU -> Dropout(0.5) -> Dense 4096->classes. Init as the reference: conv
+kaiming-normal (fan_out, relu), BN scale 1 / bias 0, Dense normal(0, 0.01),
+all biases 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from wacnn_jax.attention import WaveletAttention
+from wacnn_jax.models import layers
+
+CONFIGS = {
+    "vgg11_bn": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13_bn": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16_bn": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+                 512, 512, 512, "M"),
+    "vgg19_bn": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512,
+                 "M", 512, 512, 512, 512, "M"),
+}
+
+# kaiming_normal_(mode='fan_out', nonlinearity='relu'): untruncated N(0, 2 / fan_out).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+linear_init = nn.initializers.normal(0.01)
+
+
+class VGG(nn.Module):
+  """VGG-bn: (N, 32, 32, 3) -> float32 logits (N, num_classes)."""
+
+  layout: Sequence[Any]
+  num_classes: int
+  wavelet_pooling: bool = False
+  wavelet: str = "haar"
+  attention: str | None = None
+  attention_param: Any = None
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = jnp.asarray(x, self.dtype)
+    conv_index = pool_index = 0
+    for item in self.layout:
+      if item == "M":
+        if self.wavelet_pooling:
+          x, _ = WaveletAttention(self.wavelet, name=f"wavelet_attention{pool_index}")(x)
+        else:
+          x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        pool_index += 1
+        continue
+      x = layers.conv(item, 3, use_bias=True, kernel_init=conv_init, dtype=self.dtype,
+                      name=f"conv{conv_index}")(x)
+      x = layers.batch_norm(train, dtype=self.dtype, axis_name=self.axis_name,
+                            name=f"bn{conv_index}")(x)
+      x = layers.comparison_attention(self.attention, self.attention_param, x, train,
+                                      dtype=self.dtype, axis_name=self.axis_name,
+                                      name=f"attention{conv_index}")
+      x = nn.relu(x)
+      conv_index += 1
+    x = x.reshape(x.shape[0], -1)
+    for index in (1, 2):
+      x = layers.dense(4096, kernel_init=linear_init, dtype=self.dtype, name=f"fc{index}")(x)
+      x = nn.Dropout(0.5, deterministic=not train, name=f"dropout{index}")(nn.relu(x))
+    x = layers.dense(self.num_classes, kernel_init=linear_init, dtype=self.dtype,
+                     name="classifier")(x)
+    return x.astype(jnp.float32)
