@@ -59,3 +59,86 @@ def synthetic_folder(tmp_path_factory):
         ext = "png" if i % 2 else "jpg"
         Image.fromarray(pixels).save(root / split / label / f"{i:03d}.{ext}")
   return str(root)
+
+
+# ---------------------------------------------------------------------------
+# Post-training tools (tests/test_evaluate.py, test_report.py, test_visualize.py):
+# smoke-config runs on the cifar10_small folder, each trained once per session.
+# Tests must not write into these workdirs; copy one first (`copy_run`).
+# ---------------------------------------------------------------------------
+
+
+class SmokeRun:
+  """A finished smoke training run: its config and workdir."""
+
+  def __init__(self, config, workdir):
+    self.config = config
+    self.workdir = workdir
+
+
+def smoke_run_config(image_folder, **overrides):
+  """configs/smoke.py on `image_folder`, with dotted-key overrides."""
+  from configs import smoke  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  config.data.image_folder = image_folder
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    target = config
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def _train_smoke_run(image_folder, tmp_path_factory, name, **overrides) -> SmokeRun:
+  from wacnn_jax import train  # pylint: disable=g-import-not-at-top
+  config = smoke_run_config(image_folder, **overrides)
+  workdir = str(tmp_path_factory.mktemp(name, numbered=False))
+  train.train_and_evaluate(config, workdir)
+  return SmokeRun(config, workdir)
+
+
+def copy_run(run: SmokeRun, destination) -> SmokeRun:
+  """A copy of `run`'s workdir at `destination` (for tests that write into it)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(run.workdir, str(destination))
+  return SmokeRun(run.config, str(destination))
+
+
+@pytest.fixture(scope="session")
+def smoke_wa_run(cifar10_small, tmp_path_factory):
+  """ResNet18 + WA, seed 0: 2 epochs on 512 real CIFAR-10 images."""
+  return _train_smoke_run(cifar10_small, tmp_path_factory, "wa_seed0")
+
+
+@pytest.fixture(scope="session")
+def smoke_baseline_run(cifar10_small, tmp_path_factory):
+  """ResNet18 without attention, seed 0 (otherwise as smoke_wa_run)."""
+  return _train_smoke_run(cifar10_small, tmp_path_factory, "baseline_seed0",
+                          **{"model.attention": "none"})
+
+
+@pytest.fixture(scope="session")
+def smoke_wa_seed1_run(cifar10_small, tmp_path_factory):
+  """smoke_wa_run's config with seed 1: a second repetition of the same configuration."""
+  return _train_smoke_run(cifar10_small, tmp_path_factory, "wa_seed1", seed=1)
+
+
+@pytest.fixture(scope="session")
+def evaluated_wa_run(smoke_wa_run, tmp_path_factory):
+  """A copy of smoke_wa_run evaluated with a noise sweep (writes eval.json there).
+
+  Returns (run, eval result, printed text).
+  """
+  import contextlib  # pylint: disable=g-import-not-at-top
+  from wacnn_jax import evaluate  # pylint: disable=g-import-not-at-top
+  run = copy_run(smoke_wa_run, tmp_path_factory.mktemp("evaluated") / "wa_seed0")
+  config = smoke_run_config(
+      smoke_wa_run.config.data.image_folder,
+      **{"mode": "evaluate", "eval.noise": True, "eval.gaussian_stddevs": (0.0, 0.5),
+         "eval.salt_pepper_amounts": (0.3,), "eval.blur_sigmas": (2.0,)})
+  run = SmokeRun(config, run.workdir)
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    result = evaluate.evaluate_checkpoint(config, run.workdir)
+  return run, result, printed.getvalue()

@@ -10,21 +10,10 @@ import numpy as np
 import pytest
 
 from configs import smoke
+from tests.conftest import smoke_run_config as smoke_config
 from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
 from wacnn_jax import train
-
-
-def smoke_config(image_folder, **overrides):
-  config = smoke.get_config()
-  config.data.image_folder = image_folder
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,180 @@
+"""`wacnn_jax.evaluate`: checkpoint evaluation, corruptions and the noise sweep."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+import pytest
+
+from tests.conftest import copy_run
+from tests.conftest import smoke_run_config
+from wacnn_jax import checkpointing
+from wacnn_jax import cli
+from wacnn_jax import evaluate
+from wacnn_jax import input_pipeline
+from wacnn_jax import train
+
+# ---------------------------------------------------------------------------
+# Corruptions against numpy / scipy.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def images():
+  return np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+
+
+KEY = jax.random.PRNGKey(7)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "salt_pepper", "blur"])
+def test_strength_zero_is_the_identity(name, images):
+  out = jax.jit(evaluate.corruption(name, 0.0))(images, KEY)
+  assert out.dtype == jnp.uint8
+  np.testing.assert_array_equal(out, images)
+
+
+def test_gaussian_noise_matches_numpy(images):
+  stddev = 0.1
+  out = np.asarray(jax.jit(evaluate.corruption("gaussian", stddev))(images, KEY))
+  noise = np.asarray(jax.random.normal(KEY, images.shape, jnp.float32))
+  expected = np.clip(np.round(images.astype(np.float32) + np.float32(stddev * 255) * noise),
+                     0, 255).astype(np.uint8)
+  difference = np.abs(out.astype(int) - expected)
+  assert difference.max() <= 1 and (difference > 0).mean() < 1e-3  # float rounding only
+  assert np.abs(out.astype(float) - images).mean() > 10  # ~0.8 * 25.5 where not clipped
+
+
+def test_salt_and_pepper_matches_numpy(images):
+  amount = 0.3
+  out = np.asarray(jax.jit(evaluate.corruption("salt_pepper", amount))(images, KEY))
+  u = np.asarray(jax.random.uniform(KEY, images.shape[:-1] + (1,), jnp.float32))
+  expected = np.where(u < amount / 2, 255, np.where(u < amount, 0, images)).astype(np.uint8)
+  np.testing.assert_array_equal(out, expected)
+  changed = (out != images).any(-1).mean()
+  assert 0.2 < changed < 0.4
+
+
+def test_gaussian_blur_matches_scipy(images):
+  ndimage = pytest.importorskip("scipy.ndimage")
+  for sigma in (0.7, 2.0):
+    out = np.asarray(jax.jit(evaluate.corruption("blur", sigma))(images, KEY))
+    expected = ndimage.gaussian_filter(images.astype(np.float64), sigma=(0, sigma, sigma, 0),
+                                       mode="reflect", truncate=4.0)
+    expected = np.clip(np.round(expected), 0, 255).astype(np.uint8)
+    difference = np.abs(out.astype(int) - expected)
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
+
+
+def test_bad_strengths_are_refused():
+  with pytest.raises(ValueError, match="gaussian_stddevs"):
+    evaluate.corruption("gaussian", -0.1)
+  with pytest.raises(ValueError, match="salt_pepper_amounts"):
+    evaluate.corruption("salt_pepper", 1.5)
+  with pytest.raises(ValueError, match="unknown corruption"):
+    evaluate.corruption("fog", 0.1)
+
+
+# ---------------------------------------------------------------------------
+# Evaluating a real checkpoint.
+# ---------------------------------------------------------------------------
+
+
+def test_eval_agrees_with_the_training_loop(evaluated_wa_run):
+  run, result, printed = evaluated_wa_run
+  records = [json.loads(l) for l in open(os.path.join(run.workdir, "metrics.jsonl"))]
+  best = max(records, key=lambda r: (r["test_accuracy"], r["step"]))
+  assert result["step"] == best["step"]  # checkpoint_step=-1: the best checkpoint
+  assert result["accuracy"] == best["test_accuracy"]
+  assert result["top5_accuracy"] == best["test_top5_accuracy"]
+  assert result["loss"] == pytest.approx(best["test_loss"], rel=1e-6)
+  assert result["count"] == best["test_examples"] == 256
+  confusion = np.asarray(result["confusion"])
+  assert confusion.shape == (10, 10) and confusion.sum() == 256
+  assert np.trace(confusion) / 256 == pytest.approx(result["accuracy"])
+  per_class = np.diag(confusion) / confusion.sum(1)
+  np.testing.assert_allclose(result["per_class_accuracy"], per_class)
+  assert json.load(open(os.path.join(run.workdir, "eval.json")))["accuracy"] == result["accuracy"]
+  assert f"top-1 accuracy {result['accuracy']:.4f}" in printed
+  assert "confusion matrix" in printed and "airplane" in printed
+  with Image.open(os.path.join(run.workdir, "confusion.png")) as image:
+    assert image.size[0] > 300 and image.size[1] > 300
+
+
+def test_noise_sweep(evaluated_wa_run):
+  run, result, printed = evaluated_wa_run
+  rows = {(r["corruption"], r["strength"]): r for r in result["noise"]}
+  assert list(rows) == [("gaussian", 0.0), ("gaussian", 0.5), ("salt_pepper", 0.3),
+                        ("blur", 2.0)]
+  zero = rows[("gaussian", 0.0)]
+  assert zero["accuracy"] == result["accuracy"]  # exactly
+  assert zero["loss"] == result["loss"] and zero["top5_accuracy"] == result["top5_accuracy"]
+  assert "noise robustness" in printed and "salt_pepper" in printed
+  assert "uint8" in result["noise_convention"]
+  for key in (("gaussian", 0.5), ("salt_pepper", 0.3), ("blur", 2.0)):
+    assert rows[key]["count"] == 256
+    assert rows[key]["loss"] != result["loss"], key  # the images did change
+
+
+def test_heavy_noise_lowers_accuracy_or_changes_predictions(evaluated_wa_run):
+  run, result, _ = evaluated_wa_run
+  noisy = next(r for r in result["noise"] if r["strength"] == 0.5)
+  if noisy["accuracy"] < result["accuracy"]:
+    return
+  restored = evaluate.restore_checkpoint(run.config, run.workdir)
+  evaluator = evaluate.Evaluator(run.config, restored.state, restored.dataset.test,
+                                 restored.dataset.num_classes)
+  corrupted = evaluator(evaluate.corruption("gaussian", 0.5))
+  assert corrupted["confusion"] != result["confusion"]
+
+
+def test_evaluate_a_chosen_step_through_the_cli(smoke_wa_run, tmp_path, capsys):
+  run = copy_run(smoke_wa_run, tmp_path / "run")
+  records = [json.loads(l) for l in open(os.path.join(run.workdir, "metrics.jsonl"))]
+  first = records[0]
+  checkpoints = checkpointing.Checkpointer(run.workdir, create=False)
+  assert first["step"] in checkpoints.all_steps()
+  config = smoke_run_config(run.config.data.image_folder,
+                            **{"mode": "evaluate", "checkpoint_step": first["step"],
+                               "eval.visualize": True})
+  assert cli.run(config, run.workdir) == 0
+  result = json.load(open(os.path.join(run.workdir, "eval.json")))
+  assert result["step"] == first["step"] and result["epoch"] == first["epoch"]
+  assert result["accuracy"] == first["test_accuracy"]
+  assert "noise" not in result
+  assert result["figures"] == ["confusion.png", "attention_maps_wa0.png"]
+  with Image.open(os.path.join(run.workdir, "attention_maps_wa0.png")) as image:
+    assert image.size[0] > 500
+  assert "per-class accuracy" in capsys.readouterr().out
+
+
+def test_missing_or_wrong_checkpoints_are_clear_errors(smoke_wa_run, tmp_path, capsys):
+  config = smoke_run_config(smoke_wa_run.config.data.image_folder, mode="evaluate")
+  assert cli.run(config, str(tmp_path / "empty")) == 1
+  err = capsys.readouterr().err
+  assert "error: no checkpoints in" in err and "Traceback" not in err
+
+  config.checkpoint_step = 999
+  with pytest.raises(checkpointing.CheckpointError, match="no checkpoint 999.*there are"):
+    evaluate.evaluate_checkpoint(config, smoke_wa_run.workdir)
+
+  other = smoke_run_config(smoke_wa_run.config.data.image_folder,
+                           **{"mode": "evaluate", "model.attention": "se"})
+  with pytest.raises(checkpointing.CheckpointError, match="another model.*model.attention"):
+    evaluate.evaluate_checkpoint(other, smoke_wa_run.workdir)
+  assert not os.path.exists(os.path.join(smoke_wa_run.workdir, "eval.json"))
+
+
+def test_restored_state_matches_the_training_result(smoke_wa_run):
+  restored = evaluate.restore_checkpoint(smoke_wa_run.config, smoke_wa_run.workdir)
+  assert restored.step == checkpointing.Checkpointer(
+      smoke_wa_run.workdir, create=False).best_step()
+  assert restored.dataset.class_names[0] == "airplane"
+  logits = restored.model.apply(
+      restored.variables, input_pipeline.normalize(restored.dataset.test.images[:8]),
+      train=False)
+  assert logits.shape == (8, 10) and np.isfinite(np.asarray(logits)).all()
+  assert isinstance(restored.state, train.TrainState)
