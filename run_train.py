@@ -27,6 +27,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  cli.quiet_library_logs()
   sys.exit(cli.run(FLAGS.config, FLAGS.workdir))
 
 

@@ -12,7 +12,8 @@ before the clock stops:
   forward, backward, SGD) for resnet18 / vgg16_bn / mobilenetv2, baseline and
   WA, float32 and bfloat16, batch 128 and 512;
 - evaluation images/s;
-- the DWT alone: `wacnn_jax.wavelets.dwt2` (strided conv) vs the reference's
+- the DWT alone (haar): `wacnn_jax.wavelets.dwt2` (its two-tap fused path),
+  the general strided-conv path `dwt2_conv`, and the reference's
   matrix-multiply DWT, with the bytes-moved floor from the measured bandwidth;
 - the PyTorch peers (faithful reference-style and tuned WA-ResNet18) in the
   same process on the same device, as ratios to wacnn_jax;
@@ -26,6 +27,7 @@ runs it as a smoke test); its numbers are not GPU figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -59,8 +61,24 @@ def median_rate(run, items: int, windows: int) -> float:
   return statistics.median(rates)
 
 
-def bench_train(arch, attention, half, batch, steps, windows):
-  """(train images/s, eval images/s) of the real train/eval functions on random uint8 data."""
+@contextlib.contextmanager
+def dwt_through_conv():
+  """Ablation: trace models with the general conv DWT even for haar (the pre-two-tap path)."""
+  two_tap = wavelets.dwt2
+  wavelets.dwt2 = wavelets.dwt2_conv
+  try:
+    yield
+  finally:
+    wavelets.dwt2 = two_tap
+
+
+def train_runners(arch, attention, half, batch, steps):
+  """Warmed-up `(run_train, run_eval)` closures of the real train/eval functions on random uint8 data.
+
+  `run_train()` does `steps` steps of global batch `batch` (gather,
+  augmentation, forward, backward, SGD); `run_eval()` evaluates the padded
+  test set of min(steps * batch, 10,000) images. Both return device arrays.
+  """
   config = default.get_config()
   config.model.arch, config.model.attention = arch, attention
   config.half_precision = half
@@ -81,20 +99,37 @@ def bench_train(arch, attention, half, batch, steps, windows):
       steps, topology.local_device_count, per_device).transpose(1, 0, 2).astype(np.int32)
   holder = {"state": state}
 
-  def run():
+  def run_train():
     holder["state"], metrics = p_train(holder["state"], train_images, train_labels,
                                        indices)
     return metrics
 
-  jax.block_until_ready(run())  # compile + warm-up
-  train_rate = median_rate(run, steps * batch, windows)
-
   test = input_pipeline.Split(images[:min(n, 10_000)], labels[:min(n, 10_000)])
   data = train.shard_eval_data(test, topology, batch)
   evaluate = train.make_eval_fn(config, 10, topology)
-  jax.block_until_ready(evaluate(holder["state"], data))
-  eval_rate = median_rate(lambda: evaluate(holder["state"], data), len(test), windows)
-  return train_rate, eval_rate
+  run_eval = lambda: evaluate(holder["state"], data)
+  jax.block_until_ready(run_train())  # compile + warm-up
+  jax.block_until_ready(run_eval())
+  return run_train, run_eval, len(test)
+
+
+def bench_train(arch, attention, half, batch, steps, windows):
+  """(train images/s, eval images/s): medians over `windows` timed windows."""
+  run_train, run_eval, n_test = train_runners(arch, attention, half, batch, steps)
+  return (median_rate(run_train, steps * batch, windows),
+          median_rate(run_eval, n_test, windows))
+
+
+def bench_dwt_lever(batch, steps, windows):
+  """ResNet18-WA train images/s with the two-tap DWT and with the conv DWT, windows interleaved."""
+  runners = {"two_tap": train_runners("resnet18", "wa", False, batch, steps)[0]}
+  with dwt_through_conv():  # traced (in the warm-up call) with the conv DWT
+    runners["conv"] = train_runners("resnet18", "wa", False, batch, steps)[0]
+  rates = {name: [] for name in runners}
+  for _ in range(windows):
+    for name, run in runners.items():
+      rates[name].append(median_rate(run, steps * batch, 1))
+  return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def measured_bandwidth(quick: bool) -> float:
@@ -107,16 +142,20 @@ def measured_bandwidth(quick: bool) -> float:
 
 
 def bench_dwt(shape, windows):
-  """(conv DWT seconds, matrix DWT seconds, bytes moved) for one NHWC shape."""
+  """Seconds per haar DWT of one NHWC shape for each implementation, and the bytes moved.
+
+  `dwt2` takes the fused two-tap path for haar; `dwt2_conv` is the general
+  strided depthwise conv; `matrix` is the reference's matrix-multiply DWT.
+  """
   from benchmarks import matrix_dwt  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float32)
-  conv = jax.jit(lambda v: wavelets.dwt2(v, "haar"))
-  matrix = jax.jit(lambda v: matrix_dwt.matrix_dwt2(v, "haar"))
   seconds = {}
-  for name, f in (("conv", conv), ("matrix", matrix)):
+  for name, dwt in (("dwt2", wavelets.dwt2), ("conv", wavelets.dwt2_conv),
+                    ("matrix", matrix_dwt.matrix_dwt2)):
+    f = jax.jit(lambda v, dwt=dwt: dwt(v, "haar"))
     jax.block_until_ready(f(x))
-    seconds[name] = 1 / median_rate(lambda: f(x), 1, windows)
-  return seconds["conv"], seconds["matrix"], 2 * x.size * 4  # read x, write 4 quarter bands
+    seconds[name] = 1 / median_rate(lambda f=f: f(x), 1, windows)
+  return seconds, 2 * x.size * 4  # read x, write 4 quarter bands
 
 
 def bench_torch(peer, batch, steps, windows):
@@ -171,7 +210,7 @@ def main():
   on_gpu = jax.devices()[0].platform == "gpu"
   info = machine_info()
   q = args.quick
-  steps, windows = (2, 2) if q else (50, 5)
+  steps, windows = (3, 3) if q else (50, 5)
   archs = ("resnet18",) if q else ("resnet18", "vgg16_bn", "mobilenetv2")
   batches = (32,) if q else (128, 512)
   precisions = (False,) if q else (False, True)
@@ -187,6 +226,13 @@ def main():
           train_rates[key] = rate
           rows.append(("train", key, f"{rate:,.0f} img/s", f"eval {eval_rate:,.0f} img/s"))
           print(rows[-1], flush=True)
+  # The two-tap DWT lever, side by side: the same WA step with the conv DWT.
+  lever = bench_dwt_lever(batches[0], steps, windows)
+  raw["dwt_lever"] = lever
+  rows.append(("train", f"resnet18 wa fp32 b{batches[0]}: two-tap vs conv DWT",
+               f"{lever['two_tap']:,.0f} vs {lever['conv']:,.0f} img/s",
+               f"two-tap is {lever['two_tap'] / lever['conv']:.2f}x (windows interleaved)"))
+  print(rows[-1], flush=True)
   raw["train"] = train_rates
 
   bandwidth = measured_bandwidth(q)
@@ -194,11 +240,13 @@ def main():
   shapes = ((n, 32, 32, 16), (n, 16, 16, 128)) if q else (
       (n, 32, 32, 16), (n, 32, 32, 64), (n, 16, 16, 128), (n, 8, 8, 256), (n, 4, 4, 512))
   for shape in shapes:
-    conv_s, matrix_s, nbytes = bench_dwt(shape, windows=5)
+    seconds, nbytes = bench_dwt(shape, windows=5)
     floor = nbytes / bandwidth
+    raw.setdefault("dwt_seconds", {})["x".join(map(str, shape))] = seconds
     rows.append(("dwt haar", "x".join(map(str, shape)),
-                 f"conv {conv_s * 1e6:,.1f} us ({conv_s / floor:.1f}x floor)",
-                 f"matrix {matrix_s * 1e6:,.1f} us; floor {floor * 1e6:,.1f} us"))
+                 f"dwt2 {seconds['dwt2'] * 1e6:,.1f} us ({seconds['dwt2'] / floor:.1f}x floor)",
+                 f"conv path {seconds['conv'] * 1e6:,.1f} us ({seconds['conv'] / floor:.1f}x); "
+                 f"matrix {seconds['matrix'] * 1e6:,.1f} us; floor {floor * 1e6:,.1f} us"))
     print(rows[-1], flush=True)
   raw["bandwidth_bytes_per_s"] = bandwidth
 

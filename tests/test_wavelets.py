@@ -139,6 +139,34 @@ def test_one_depthwise_conv_with_constant_filters():
   assert len(convs) == 1 and tuple(convs[0].params["lhs_dilation"]) == (2, 2)
 
 
+@pytest.mark.parametrize("wavelet", ("haar", "db1", "bior1.1", "rbio1.1"))
+@pytest.mark.parametrize("shape", ((3, 12, 10, 5), (2, 7, 9, 3)))
+def test_two_tap_path_matches_conv_and_pywt(wavelet, shape):
+  """Two-tap wavelets skip the conv: same values as the conv path and pywt, no conv in the graph."""
+  x = _random(shape, seed=11)
+  xj = jnp.asarray(x, jnp.float32)
+  jaxpr = jax.make_jaxpr(lambda v: wavelets.dwt2(v, wavelet))(xj)
+  assert not [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+  fast, conv = wavelets.dwt2(xj, wavelet), wavelets.dwt2_conv(xj, wavelet)
+  for mode in ("periodization", "zero"):
+    _assert_bands_close(wavelets.dwt2(xj, wavelet, mode), _pywt_bands(x, wavelet),
+                        atol=1e-6, rtol=1e-6)
+  # Same linear map, same float32 weights (+-0.5 for haar): only rounding order differs.
+  _assert_bands_close(fast, [np.asarray(b, np.float64) for b in conv], atol=1e-6, rtol=0)
+  # Gradients agree as well (the backward pass of the fused form is elementwise too).
+  weights = [jnp.asarray(_random(b.shape, seed=12 + i), jnp.float32) for i, b in enumerate(fast)]
+  loss = lambda f: (lambda v: sum((b * m).sum() for b, m in zip(f(v, wavelet), weights)))
+  np.testing.assert_allclose(np.asarray(jax.grad(loss(wavelets.dwt2))(xj)),
+                             np.asarray(jax.grad(loss(wavelets.dwt2_conv))(xj)), atol=1e-5)
+  for b in wavelets.dwt2(xj.astype(jnp.bfloat16), wavelet):
+    assert b.dtype == jnp.bfloat16
+
+
+def test_two_tap_path_refuses_longer_filters():
+  with pytest.raises(ValueError, match="two-tap"):
+    wavelets.dwt2_two_tap(jnp.zeros((1, 4, 4, 1)), "db2")
+
+
 def test_bfloat16():
   x = _random((2, 16, 16, 3), seed=7)
   ref = _pywt_bands(x, "db2")

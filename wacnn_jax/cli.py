@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging as python_logging
 import os
 import runpy
 import sys
@@ -18,6 +19,26 @@ MODES = ("train", "evaluate")
 # Errors that describe a problem with the user's input: shown as one message.
 USER_ERRORS = (ValueError, FileNotFoundError, input_pipeline.DatasetError,
                checkpointing.CheckpointError)
+
+
+# INFO records of these libraries (Orbax's ~40 lines per checkpoint save, JAX's
+# backend probing) are dropped from the console; their warnings and errors stay.
+QUIET_LIBRARY_PATHS = (f"{os.sep}orbax{os.sep}", f"{os.sep}jax{os.sep}_src{os.sep}xla_bridge.py")
+
+
+class LibraryInfoFilter(python_logging.Filter):
+  """Drops records below WARNING logged from `QUIET_LIBRARY_PATHS`."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return record.levelno >= python_logging.WARNING or not any(
+        part in record.pathname for part in QUIET_LIBRARY_PATHS)
+
+
+def quiet_library_logs() -> None:
+  """Keeps the console to wacnn_jax's own progress lines (absl handler filter)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(LibraryInfoFilter())
 
 
 def flatten_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:

@@ -20,6 +20,11 @@ hl = lo x hi, hh = hi x hi. Odd sizes repeat the last row/column first, as
 pywt does. Mode `zero` pads with zeros instead of wrapping (same alignment,
 same output size; this is not pywt's `zero` mode, whose output is larger).
 
+For two-tap wavelets (haar) the stride-2 windows do not overlap, and `dwt2`
+applies the same 2x2 kernels as a space-to-depth plus a fixed 4x4 mix
+(`dwt2_two_tap`), one fused elementwise pass instead of a depthwise conv;
+`dwt2_conv` is the general path and gives the same values up to rounding.
+
 `idwt2` is the stride-2 transposed convolution with the synthesis filters
 (rec_lo, rec_hi), followed by folding the p border rows/columns back
 circularly; in periodization mode it inverts `dwt2` exactly (as
@@ -140,8 +145,23 @@ def dwt2(x, wavelet: str = "haar", mode: str = "periodization"):
 
   Each band is (N, ceil(H/2), ceil(W/2), C) in `x.dtype` (integers become
   float32); see the module docstring for the band meanings (pywt's cA, cH,
-  cV, cD). One depthwise conv: stride 2, `feature_group_count=C`, 4C outputs.
+  cV, cD). Computed by `dwt2_conv` (one strided depthwise convolution), except
+  for two-tap wavelets (`haar` and its aliases `db1`, `bior1.1`, `rbio1.1`),
+  whose stride-2 2x2 kernels do not overlap: there the same kernels are
+  applied as a 2x2 space-to-depth plus a fixed 4x4 mix of each pixel's four
+  values (`dwt2_two_tap`), which XLA fuses into one elementwise pass. The two
+  are the same linear map with the same filter values; they differ only in
+  float rounding order (about 1 ulp).
   """
+  _check_mode(mode)
+  _check_nhwc(x, "dwt2")
+  if wavelet_filters(wavelet).length == 2:
+    return dwt2_two_tap(x, wavelet)
+  return dwt2_conv(x, wavelet, mode)
+
+
+def dwt2_conv(x, wavelet: str = "haar", mode: str = "periodization"):
+  """`dwt2` for any wavelet as one stride-2 depthwise conv (`feature_group_count=C`, 4C outputs)."""
   _check_mode(mode)
   _check_nhwc(x, "dwt2")
   x = _make_even(_as_float(x))
@@ -159,6 +179,33 @@ def dwt2(x, wavelet: str = "haar", mode: str = "periodization"):
       precision=jax.lax.Precision.HIGHEST)
   y = y.reshape(n, h // 2, w // 2, c, 4)
   return tuple(y[..., band] for band in range(4))
+
+
+def dwt2_two_tap(x, wavelet: str = "haar"):
+  """`dwt2` for a two-tap wavelet (haar) as a 2x2 space-to-depth and a 4x4 mix.
+
+  With F = 2 there is no padding (both modes agree) and output pixel (i, j)
+  of band b is sum over u, v in {0, 1} of kernels[u, v, b] * x[2i + u, 2j + v]
+  with `band_kernels(wavelet)` (for haar every weight is +-0.5, exact in
+  float32 and bfloat16). Slices, multiplies and adds only: forward and
+  backward each fuse into a single pass over the data.
+  """
+  _check_nhwc(x, "dwt2")
+  x = _make_even(_as_float(x))
+  kernels = band_kernels(wavelet, False, jnp.dtype(x.dtype).name)
+  if kernels.shape[0] != 2:
+    raise ValueError(f"dwt2_two_tap needs a two-tap wavelet such as 'haar'; "
+                     f"{wavelet!r} has {kernels.shape[0]} taps (use dwt2).")
+  n, h, w, c = x.shape
+  blocks = x.reshape(n, h // 2, 2, w // 2, 2, c)
+  taps = [[blocks[:, :, u, :, v, :] for v in range(2)] for u in range(2)]
+
+  def band(b):
+    k = kernels[:, :, b]
+    return (taps[0][0] * k[0, 0] + taps[0][1] * k[0, 1]) + (
+        taps[1][0] * k[1, 0] + taps[1][1] * k[1, 1])
+
+  return tuple(band(b) for b in range(4))
 
 
 def _fold(z, axis: int, size: int, p: int, mode: str):
