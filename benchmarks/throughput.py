@@ -210,7 +210,7 @@ def main():
   on_gpu = jax.devices()[0].platform == "gpu"
   info = machine_info()
   q = args.quick
-  steps, windows = (3, 3) if q else (50, 5)
+  steps, windows = (2, 3) if q else (50, 5)
   archs = ("resnet18",) if q else ("resnet18", "vgg16_bn", "mobilenetv2")
   batches = (32,) if q else (128, 512)
   precisions = (False,) if q else (False, True)
