@@ -1,27 +1,41 @@
 """Throughput benchmark of wacnn_jax and its PyTorch peers, measured side by side.
 
-    python benchmarks/throughput.py [--quick] [--full-run DATA] [--out docs/benchmarks.md]
+    python benchmarks/throughput.py [--quick] [--budget SECONDS] [--full-run DATA]
+        [--profile] [--results DIR] [--docs docs/benchmarks.md]
+    python benchmarks/throughput.py --render RESULTS.json [--docs docs/benchmarks.md]
 
-Prints one table and writes it (with the machine, device, versions and date)
-between the `results` markers of `docs/benchmarks.md`; the raw numbers go to
-`docs/benchmarks/<device>-<date>.json`. Every figure is a median over timed
-windows after warm-up, with `block_until_ready` (or `torch.cuda.synchronize`)
-before the clock stops:
+Measures, in one process, in this order (each phase first checks the clock
+against `--budget` and is skipped with a note rather than run past it; a phase
+that fails is recorded with its error and the others go on):
 
-- training images/s of the real pmapped train step (gather, augmentation,
-  forward, backward, SGD) for resnet18 / vgg16_bn / mobilenetv2, baseline and
-  WA, float32 and bfloat16, batch 128 and 512;
-- evaluation images/s;
-- the DWT alone (haar): `wacnn_jax.wavelets.dwt2` (its two-tap fused path),
-  the general strided-conv path `dwt2_conv`, and the reference's
-  matrix-multiply DWT, with the bytes-moved floor from the measured bandwidth;
-- the PyTorch peers (faithful reference-style and tuned WA-ResNet18) in the
-  same process on the same device, as ratios to wacnn_jax;
-- with `--full-run DATA`: wall time of `run_train.py` for resnet18-wa,
-  160 epochs on DATA (an image folder or archive), compilation reported apart.
+1. training images/s of the real pmapped train step (gather, augmentation,
+   forward, backward, SGD) and evaluation images/s: resnet18 baseline and WA,
+   float32 and bfloat16, batch 128 (`--quick`: fp32, batch 32);
+2. the PyTorch peers (faithful reference-style and tuned WA-ResNet18,
+   `benchmarks/torch_peers.py`) on the same device, as ratios to wacnn_jax;
+3. the DWT alone (haar): `wacnn_jax.wavelets.dwt2` (its two-tap fused path),
+   the general strided-conv path `dwt2_conv` and the reference's
+   matrix-multiply DWT, against the bytes-moved floor at the measured bandwidth;
+4. with `--profile`: a `jax.profiler` trace of the resnet18-WA train step,
+   summarised as time per op class, device busy time and launch gaps;
+5. with `--full-run DATA`: `run_train.py` on DATA (an image folder or archive)
+   with the reference recipe (resnet18-WA, 160 epochs) for as long as the
+   budget allows, in a fixed workdir so that the next invocation continues it;
+   wall time per epoch (evaluation included, compilation apart), test
+   accuracy and the projected 160-epoch wall time;
+6. the rest of the table while time remains: mobilenetv2 and vgg16_bn, batch
+   512, bfloat16 of those, and the two-tap vs conv DWT inside the train step.
 
-`--quick` shrinks everything so that it runs in a minute or two on a CPU (CI
-runs it as a smoke test); its numbers are not GPU figures.
+Every figure is a median over timed windows after warm-up, with
+`block_until_ready` (or `torch.cuda.synchronize`) before the clock stops.
+The raw numbers go to `RESULTS_DIR/<device>-<date>.json` (rewritten after
+every phase, so a killed run keeps what it measured) and the table is written
+between the `results` markers of `--docs`. `--render` rebuilds that table
+from a saved JSON, e.g. one measured on another machine.
+
+`--quick` shrinks everything so that it runs in a few minutes on a CPU (CI
+runs it as a dry run of the GPU suite, `benchmarks/gpu_suite.sh`); its
+numbers are not GPU figures.
 """
 
 from __future__ import annotations
@@ -29,14 +43,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import glob
+import gzip
 import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+import traceback
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -49,6 +67,72 @@ from configs import default  # pylint: disable=wrong-import-position
 from wacnn_jax import input_pipeline, train, wavelets  # pylint: disable=wrong-import-position
 
 NOT_MEASURED = "not yet measured"
+REFERENCE_EPOCHS = 160
+PHASES = ("train", "peers", "dwt", "profile", "full_run", "rest")
+FULL_RUN_WORKDIR = os.path.join(REPO_ROOT, "workdirs", "benchmark_full_run")
+
+
+# ---------------------------------------------------------------------------
+# The clock every phase checks.
+# ---------------------------------------------------------------------------
+
+
+class Clock:
+  """Wall-clock budget of one benchmark invocation (None = unlimited)."""
+
+  def __init__(self, budget_seconds: float | None):
+    self.start = time.perf_counter()
+    self.budget = budget_seconds
+
+  def elapsed(self) -> float:
+    return time.perf_counter() - self.start
+
+  def left(self) -> float:
+    return float("inf") if self.budget is None else self.budget - self.elapsed()
+
+
+class Results:
+  """The raw results dict, saved to JSON after every phase."""
+
+  def __init__(self, path: str | None, info: dict, settings: dict):
+    self.path = path
+    self.raw = {"info": info, "settings": settings, "train": {}, "dwt": {},
+                "peers": {}, "skipped": [], "errors": [], "phase_seconds": {}}
+
+  def save(self) -> None:
+    if self.path:
+      with open(self.path + ".tmp", "w") as f:
+        json.dump(self.raw, f, indent=2, default=str)
+      os.replace(self.path + ".tmp", self.path)
+
+  def phase(self, clock: Clock, name: str, estimate: float, fn) -> bool:
+    """Runs `fn()` if `estimate` seconds are left; records a skip or an error otherwise."""
+    left = clock.left()
+    if left < estimate:
+      note = f"skipped: {left:.0f} s of the budget left, the phase needs ~{estimate:.0f} s"
+      self.raw["skipped"].append({"phase": name, "note": note})
+      print(f"[{clock.elapsed():6.1f}s] {name}: {note}", flush=True)
+      self.save()
+      return False
+    print(f"[{clock.elapsed():6.1f}s] {name} ...", flush=True)
+    start = time.perf_counter()
+    try:
+      fn()
+      ok = True
+    except Exception as e:  # pylint: disable=broad-except
+      traceback.print_exc()
+      self.raw["errors"].append({"phase": name, "error": f"{type(e).__name__}: {e}"[:2000]})
+      ok = False
+    self.raw["phase_seconds"][name] = time.perf_counter() - start
+    print(f"[{clock.elapsed():6.1f}s] {name}: {'done' if ok else 'FAILED'} in "
+          f"{self.raw['phase_seconds'][name]:.1f} s", flush=True)
+    self.save()
+    return ok
+
+
+# ---------------------------------------------------------------------------
+# Measurements.
+# ---------------------------------------------------------------------------
 
 
 def median_rate(run, items: int, windows: int) -> float:
@@ -72,13 +156,19 @@ def dwt_through_conv():
     wavelets.dwt2 = two_tap
 
 
-def train_runners(arch, attention, half, batch, steps):
-  """Warmed-up `(run_train, run_eval)` closures of the real train/eval functions on random uint8 data.
+def train_key(arch: str, attention: str, half: bool, batch: int) -> str:
+  return f"{arch} {attention} {'bf16' if half else 'fp32'} b{batch}"
 
-  `run_train()` does `steps` steps of global batch `batch` (gather,
-  augmentation, forward, backward, SGD); `run_eval()` evaluates the padded
-  test set of min(steps * batch, 10,000) images. Both return device arrays.
+
+def train_runners(arch, attention, half, batch, steps):
+  """Warmed-up `(run_train, run_eval, n_test, compile_seconds)` of the real train/eval functions.
+
+  Random uint8 data. `run_train()` does `steps` steps of global batch `batch`
+  (gather, augmentation, forward, backward, SGD) in one dispatch (a
+  `lax.scan` on GPU/TPU); `run_eval()` evaluates the padded test set of
+  min(steps * batch, 10,000) images. Both return device arrays.
   """
+  start = time.perf_counter()
   config = default.get_config()
   config.model.arch, config.model.attention = arch, attention
   config.half_precision = half
@@ -110,17 +200,22 @@ def train_runners(arch, attention, half, batch, steps):
   run_eval = lambda: evaluate(holder["state"], data)
   jax.block_until_ready(run_train())  # compile + warm-up
   jax.block_until_ready(run_eval())
-  return run_train, run_eval, len(test)
+  return run_train, run_eval, len(test), time.perf_counter() - start
 
 
-def bench_train(arch, attention, half, batch, steps, windows):
-  """(train images/s, eval images/s): medians over `windows` timed windows."""
-  run_train, run_eval, n_test = train_runners(arch, attention, half, batch, steps)
-  return (median_rate(run_train, steps * batch, windows),
-          median_rate(run_eval, n_test, windows))
+def bench_train(results: Results, arch, attention, half, batch, steps, windows) -> None:
+  """Train and eval images/s (medians over `windows` windows) into results.raw['train']."""
+  run_train, run_eval, n_test, setup = train_runners(arch, attention, half, batch, steps)
+  key = train_key(arch, attention, half, batch)
+  results.raw["train"][key] = {
+      "train": median_rate(run_train, steps * batch, windows),
+      "eval": median_rate(run_eval, n_test, windows),
+      "setup_seconds": setup}
+  print(f"  {key}: {results.raw['train'][key]['train']:,.0f} train img/s, "
+        f"{results.raw['train'][key]['eval']:,.0f} eval img/s (setup {setup:.1f} s)", flush=True)
 
 
-def bench_dwt_lever(batch, steps, windows):
+def bench_dwt_lever(results: Results, batch, steps, windows) -> None:
   """ResNet18-WA train images/s with the two-tap DWT and with the conv DWT, windows interleaved."""
   runners = {"two_tap": train_runners("resnet18", "wa", False, batch, steps)[0]}
   with dwt_through_conv():  # traced (in the warm-up call) with the conv DWT
@@ -129,23 +224,25 @@ def bench_dwt_lever(batch, steps, windows):
   for _ in range(windows):
     for name, run in runners.items():
       rates[name].append(median_rate(run, steps * batch, 1))
-  return {name: statistics.median(r) for name, r in rates.items()}
+  results.raw["dwt_lever"] = {"batch": batch, **{
+      name: statistics.median(r) for name, r in rates.items()}}
 
 
 def measured_bandwidth(quick: bool) -> float:
   """Bytes/s of a large elementwise copy-like pass (read + write)."""
-  size = (16 if quick else 256) * 2**20 // 4
+  size = (16 if quick else 1024) * 2**20 // 4
   x = jnp.arange(size, dtype=jnp.float32)
   f = jax.jit(lambda v: v * 1.0001)
   jax.block_until_ready(f(x))
-  return median_rate(lambda: f(x), 2 * size * 4, 5)
+  return median_rate(lambda: f(x), 2 * size * 4, 9)
 
 
-def bench_dwt(shape, windows):
+def bench_dwt(results: Results, shape, windows) -> None:
   """Seconds per haar DWT of one NHWC shape for each implementation, and the bytes moved.
 
   `dwt2` takes the fused two-tap path for haar; `dwt2_conv` is the general
   strided depthwise conv; `matrix` is the reference's matrix-multiply DWT.
+  The floor is reading x once and writing the four quarter-size bands once.
   """
   from benchmarks import matrix_dwt  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float32)
@@ -154,36 +251,304 @@ def bench_dwt(shape, windows):
                     ("matrix", matrix_dwt.matrix_dwt2)):
     f = jax.jit(lambda v, dwt=dwt: dwt(v, "haar"))
     jax.block_until_ready(f(x))
-    seconds[name] = 1 / median_rate(lambda f=f: f(x), 1, windows)
-  return seconds, 2 * x.size * 4  # read x, write 4 quarter bands
+    # Enough calls per window that the launch overhead is amortised.
+    calls = 20
+    many = lambda f=f: [f(x) for _ in range(calls)]
+    seconds[name] = 1 / median_rate(many, calls, windows)
+  results.raw["dwt"]["x".join(map(str, shape))] = {**seconds, "bytes": 2 * x.size * 4}
 
 
-def bench_torch(peer, batch, steps, windows):
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-    from benchmarks import torch_peers  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
+def bench_torch(results: Results, peer, batch, steps, windows, jax_key) -> None:
+  import torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import torch_peers  # pylint: disable=g-import-not-at-top
   device = "cuda" if torch.cuda.is_available() else "cpu"
+  start = time.perf_counter()
   rates = torch_peers.time_torch_training(
       peer, batch, device=device, steps=steps, warmup=max(2, steps // 5), windows=windows,
       dataset_size=max(batch * steps, 2 * batch))
-  return statistics.median(rates)
+  results.raw["peers"][peer] = {"rate": statistics.median(rates), "batch": batch,
+                                "compare_with": jax_key, "device": device,
+                                "seconds": time.perf_counter() - start}
 
 
-def full_run(data: str) -> dict:
-  """Wall time of the real CLI run: resnet18-wa, 160 epochs, per-epoch evaluation."""
-  workdir = os.path.join(REPO_ROOT, "workdirs", "benchmark_full_run")
+# ---------------------------------------------------------------------------
+# Profile of the train step.
+# ---------------------------------------------------------------------------
+
+OP_CLASSES = (  # (class, substrings of kernel / XLA op names), first match wins
+    ("memcpy/memset", ("memcpy", "memset", "copy-start", "copy-done")),
+    ("convolution (cuDNN/cutlass)", ("conv", "cudnn", "xmma", "implicit_gemm", "sm90_",
+                                     "sm80_", "cutlass", "wgrad", "dgrad", "fprop")),
+    ("matmul", ("gemm", "dot", "matmul")),
+    ("reduction", ("reduce", "reduction")),
+    ("fused elementwise", ("fusion", "loop_", "input_", "elementwise")),
+    ("collectives", ("all-reduce", "allreduce", "nccl")),
+)
+
+
+# Runtime bookkeeping events of XLA:CPU's threads (not ops).
+CPU_TRACE_BOOKKEEPING = ("ThreadpoolListener", "end: ", "ThunkExecutor")
+
+
+def op_class(name: str) -> str:
+  lower = name.lower()
+  for label, keys in OP_CLASSES:
+    if any(k in lower for k in keys):
+      return label
+  return "other"
+
+
+def _union_length(intervals) -> float:
+  total, end = 0.0, -float("inf")
+  for s, e in sorted(intervals):
+    if e > end:
+      total += e - max(s, end)
+      end = e
+  return total
+
+
+def summarize_trace(trace_path: str, wall_seconds: float, steps: int) -> dict:
+  """Time per op class, busy time and gaps per device lane of a perfetto trace.
+
+  Lanes: the threads of device processes (`/device:*`), e.g. a GPU's CUDA
+  streams and its "XLA Ops" line; on a CPU-only trace, the XLA worker
+  threads of `/host:CPU`. Times in microseconds per train step.
+  """
+  with gzip.open(trace_path) as f:
+    events = json.load(f)["traceEvents"]
+  processes, threads = {}, {}
+  for e in events:
+    if e.get("ph") == "M" and e.get("name") == "process_name":
+      processes[e["pid"]] = e["args"]["name"]
+    elif e.get("ph") == "M" and e.get("name") == "thread_name":
+      threads[(e["pid"], e["tid"])] = e["args"]["name"]
+  device_pids = {p for p, n in processes.items() if n.startswith("/device:")}
+  lanes = {}
+  for e in events:
+    if e.get("ph") != "X" or "dur" not in e:
+      continue
+    pid, tid = e["pid"], e.get("tid")
+    thread = threads.get((pid, tid), str(tid))
+    if device_pids:
+      if pid not in device_pids:
+        continue
+    elif "XLA" not in thread or e["name"].startswith(CPU_TRACE_BOOKKEEPING):
+      continue
+    lanes.setdefault(f"{processes.get(pid, pid)} / {thread}", []).append(
+        (e["name"], float(e["ts"]), float(e["dur"])))
+  summary = {"trace_wall_us_per_step": wall_seconds * 1e6 / steps, "lanes": {}}
+  for lane, items in sorted(lanes.items(), key=lambda kv: -sum(d for _, _, d in kv[1])):
+    starts = [t for _, t, _ in items]
+    span = max(t + d for _, t, d in items) - min(starts)
+    busy = _union_length([(t, t + d) for _, t, d in items])
+    classes, names = {}, {}
+    for name, _, d in items:
+      classes[op_class(name)] = classes.get(op_class(name), 0.0) + d
+      names[name] = names.get(name, 0.0) + d
+    top = sorted(names.items(), key=lambda kv: -kv[1])[:15]
+    summary["lanes"][lane] = {
+        "events": len(items),
+        "busy_us_per_step": busy / steps,
+        "span_us_per_step": span / steps,
+        "idle_fraction_of_span": 1 - busy / span if span else 0.0,
+        "us_per_step_by_class": {k: v / steps for k, v in
+                                 sorted(classes.items(), key=lambda kv: -kv[1])},
+        "top_ops_us_per_step": {k[:120]: v / steps for k, v in top},
+    }
+    if len(summary["lanes"]) >= 6:
+      break
+  return summary
+
+
+def profile_train_step(results: Results, half: bool, batch: int, steps: int,
+                       results_dir: str | None) -> None:
+  """Traces 3 dispatches of the resnet18-WA train step and summarises the trace."""
+  run_train, _, _, _ = train_runners("resnet18", "wa", half, batch, steps)
+  trace_dir = os.path.join(results_dir or "/tmp", "profile_trace")
+  shutil.rmtree(trace_dir, ignore_errors=True)
+  dispatches = 3
+  options = jax.profiler.ProfileOptions()
+  options.python_tracer_level = 0  # Python function events would crowd out the device's
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True, profiler_options=options):
+    start = time.perf_counter()
+    for _ in range(dispatches):
+      jax.block_until_ready(run_train())
+    wall = time.perf_counter() - start
+  traces = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+  summary = summarize_trace(traces[0], wall, dispatches * steps)
+  summary.update(batch=batch, precision="bf16" if half else "fp32",
+                 images_per_sec_while_tracing=dispatches * steps * batch / wall)
+  results.raw.setdefault("profile", {})[f"resnet18 wa {'bf16' if half else 'fp32'} b{batch}"] = summary
+  if results_dir and os.path.getsize(traces[0]) < 15 * 2**20:  # keep the trace if it is small
+    shutil.copy(traces[0], os.path.join(
+        results_dir, f"trace-resnet18-wa-{'bf16' if half else 'fp32'}.json.gz"))
+  shutil.rmtree(trace_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# The full training run.
+# ---------------------------------------------------------------------------
+
+
+def full_run(results: Results, data: str, seconds: float, quick: bool, workdir: str,
+             results_dir: str | None) -> None:
+  """`run_train.py` with the reference recipe on `data` for at most `seconds`.
+
+  Runs in `workdir`, so a later invocation resumes from its latest
+  checkpoint; the process is stopped (SIGTERM, then SIGKILL) at the deadline.
+  `quick` trains configs/smoke.py's tiny run instead (a CPU dry run).
+  """
+  config = "smoke.py" if quick else "cifar10_resnet18.py"
+  os.makedirs(workdir, exist_ok=True)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  epochs_before = 0
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      epochs_before = sum(1 for line in f if line.strip())
+  log_path = os.path.join(results_dir or workdir, "full_run.log")
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
+  env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = "0.45"  # this process holds the GPU too
+  command = [sys.executable, os.path.join(REPO_ROOT, "run_train.py"),
+             "--config", os.path.join(REPO_ROOT, "configs", config),
+             "--workdir", workdir, f"--config.data.image_folder={data}"]
   start = time.perf_counter()
-  subprocess.run([sys.executable, os.path.join(REPO_ROOT, "run_train.py"),
-                  "--config", os.path.join(REPO_ROOT, "configs", "cifar10_resnet18.py"),
-                  "--workdir", workdir, f"--config.data.image_folder={data}"],
-                 check=True)
+  with open(log_path, "a") as log:
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               cwd=REPO_ROOT)
+    try:
+      returncode = process.wait(timeout=max(1.0, seconds))
+      stopped = False
+    except subprocess.TimeoutExpired:
+      process.terminate()
+      try:
+        process.wait(timeout=15)
+      except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+      returncode, stopped = process.returncode, True
   wall = time.perf_counter() - start
-  records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-  return {"wall_seconds": wall, "compile_seconds": sum(r["compile_seconds"] for r in records),
-          "best_test_accuracy": max(r["test_accuracy"] for r in records),
-          "epochs": len(records)}
+  records = []
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+  this_call = records[epochs_before:]
+  result = {"config": f"configs/{config}", "data": data, "returncode": returncode,
+            "stopped_at_budget": stopped, "wall_seconds_this_call": wall,
+            "epochs_done": len(records), "epochs_this_call": len(this_call),
+            "num_epochs": REFERENCE_EPOCHS if not quick else None}
+  if not stopped and returncode != 0:
+    with open(log_path) as f:
+      result["log_tail"] = f.read()[-3000:]
+  if this_call:
+    steady = [r["epoch_seconds"] - r["compile_seconds"] for r in this_call]
+    compile_seconds = sum(r["compile_seconds"] for r in this_call)
+    epoch_total = sum(r["epoch_seconds"] for r in this_call)
+    epochs_total = (len(records) if quick else REFERENCE_EPOCHS)
+    result.update(
+        median_epoch_seconds=statistics.median(steady),
+        median_train_images_per_sec=statistics.median(r["images_per_sec"] for r in this_call),
+        compile_seconds=compile_seconds,
+        # Process start, data loading and initialisation: the wall time not in any epoch
+        # (the stopped epoch's partial time included when stopped at the budget).
+        startup_seconds=wall - epoch_total,
+        test_accuracy=records[-1]["test_accuracy"],
+        best_test_accuracy=max(r["test_accuracy"] for r in records),
+        projected_wall_seconds=(wall - epoch_total if not stopped else 0.0) + compile_seconds
+        + epochs_total * statistics.median(steady))
+  results.raw["full_run"] = result
+
+
+# ---------------------------------------------------------------------------
+# The table.
+# ---------------------------------------------------------------------------
+
+
+def _ratio(a, b) -> str:
+  return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def render_rows(raw: dict) -> list[tuple[str, str, str, str]]:
+  """The benchmark table's rows, from a results dict (see `Results`)."""
+  rows = []
+  for key, r in raw["train"].items():
+    rows.append(("train", key, f"{r['train']:,.0f} img/s", f"eval {r['eval']:,.0f} img/s"))
+  for key, r in raw["train"].items():  # bf16 against fp32 of the same configuration
+    if " bf16 " in key and key.replace(" bf16 ", " fp32 ") in raw["train"]:
+      fp32 = raw["train"][key.replace(" bf16 ", " fp32 ")]["train"]
+      rows.append(("bf16 vs fp32", key.replace(" bf16", ""), _ratio(r["train"], fp32),
+                   "train step, same batch"))
+  lever = raw.get("dwt_lever")
+  if lever:
+    rows.append(("train", f"resnet18 wa fp32 b{lever['batch']}: two-tap vs conv DWT",
+                 f"{lever['two_tap']:,.0f} vs {lever['conv']:,.0f} img/s",
+                 f"two-tap is {_ratio(lever['two_tap'], lever['conv'])} (windows interleaved)"))
+  bandwidth = raw.get("bandwidth_bytes_per_s")
+  for shape, s in raw["dwt"].items():
+    floor = s["bytes"] / bandwidth
+    rows.append(("dwt haar", shape,
+                 f"dwt2 {s['dwt2'] * 1e6:,.1f} us ({s['dwt2'] / floor:.1f}x floor)",
+                 f"conv path {s['conv'] * 1e6:,.1f} us ({s['conv'] / floor:.1f}x); "
+                 f"matrix {s['matrix'] * 1e6:,.1f} us; floor {floor * 1e6:,.1f} us "
+                 f"at {bandwidth / 1e9:,.0f} GB/s"))
+  for peer, p in raw["peers"].items():
+    ours = [f"{k.split(' ', 1)[1]} {_ratio(raw['train'][k]['train'], p['rate'])}"
+            for k in raw["train"]
+            if k.startswith("resnet18 ") and k.endswith(f" b{p['batch']}")]
+    rows.append(("peer", f"torch {peer} WA-ResNet18 b{p['batch']} ({p['device']})",
+                 f"{p['rate']:,.0f} img/s",
+                 "wacnn_jax resnet18 " + ", ".join(ours) if ours else ""))
+  for name, prof in raw.get("profile", {}).items():
+    lane, lane_summary = max(prof["lanes"].items(), key=lambda kv: kv[1]["events"],
+                             default=(None, None))
+    if lane_summary:
+      classes = ", ".join(f"{k} {v:,.0f}" for k, v in
+                          list(lane_summary["us_per_step_by_class"].items())[:4])
+      rows.append(("profile", f"{name}: {lane}",
+                   f"busy {lane_summary['busy_us_per_step']:,.0f} of "
+                   f"{prof['trace_wall_us_per_step']:,.0f} us/step",
+                   f"us/step: {classes}"))
+  full = raw.get("full_run")
+  if full and "median_epoch_seconds" in full:
+    rows.append(("full run", f"resnet18 wa, reference recipe, {full['data'].split('/')[-1]}",
+                 f"{full['epochs_done']} epochs, {full['median_epoch_seconds']:.2f} s/epoch",
+                 f"projected {full['num_epochs'] or full['epochs_done']} epochs: {full['projected_wall_seconds'] / 60:.1f} min"
+                 f" (compile {full['compile_seconds']:.0f} s apart); test acc "
+                 f"{full['test_accuracy']:.4f} (best {full['best_test_accuracy']:.4f})"))
+  elif full:
+    rows.append(("full run", "resnet18 wa, reference recipe", "no epoch finished",
+                 f"return code {full['returncode']}"))
+  else:
+    rows.append(("full run", f"resnet18 wa, {REFERENCE_EPOCHS} epochs, CIFAR-10", NOT_MEASURED,
+                 "needs --full-run"))
+  for s in raw["skipped"]:
+    rows.append(("skipped", s["phase"], "-", s["note"]))
+  for e in raw["errors"]:
+    rows.append(("error", e["phase"], "-", e["error"].splitlines()[0][:200]))
+  return rows
+
+
+def render_block(raw: dict) -> str:
+  info, settings = raw["info"], raw["settings"]
+  table = ["| what | configuration | result | note |", "|---|---|---|---|"]
+  table += [f"| {' | '.join(r)} |" for r in render_rows(raw)]
+  header = (f"Measured {info['date']} on {info['device']} ({info['host']}); JAX {info['jax']}, "
+            f"PyTorch {info['torch']}; {'--quick (CPU smoke sizes)' if settings['quick'] else 'full sizes'}; "
+            f"medians of {settings['windows']} windows of {settings['steps']} steps"
+            f"{'; budget ' + str(round(settings['budget'])) + ' s' if settings.get('budget') else ''}.")
+  return header + "\n\n" + "\n".join(table)
+
+
+def write_docs(path: str, block: str) -> None:
+  """Replaces the text between the `results` markers of `path` with `block`."""
+  begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+  text = open(path).read() if os.path.exists(path) else f"# Benchmarks\n\n{begin}\n{end}\n"
+  if begin not in text:
+    text += f"\n{begin}\n{end}\n"
+  head, rest = text.split(begin, 1)
+  text = head + begin + "\n" + block + "\n" + end + rest.split(end, 1)[1]
+  with open(path, "w") as f:
+    f.write(text)
 
 
 def machine_info() -> dict:
@@ -193,109 +558,146 @@ def machine_info() -> dict:
     torch_version = torch.__version__
   except ImportError:
     torch_version = "not installed"
+  import flax  # pylint: disable=g-import-not-at-top
   return {
       "date": datetime.date.today().isoformat(),
       "host": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
       "device": f"{device.platform}: {device.device_kind} x{jax.local_device_count()}",
-      "jax": jax.__version__, "torch": torch_version,
+      "jax": jax.__version__, "flax": flax.__version__, "torch": torch_version,
   }
+
+
+# ---------------------------------------------------------------------------
+# The suite.
+# ---------------------------------------------------------------------------
+
+
+def run_suite(args) -> dict:
+  clock = Clock(args.budget)
+  q = args.quick
+  steps, windows = (2, 2) if q else (50, 5)
+  batch = 32 if q else 128
+  info = machine_info()
+  print(f"{info}\ndevices: {jax.devices()}", flush=True)
+  results_dir = args.results
+  os.makedirs(results_dir, exist_ok=True)
+  tag = re.sub(r"[^A-Za-z0-9_.-]", "_", info["device"])
+  path = os.path.join(results_dir, f"{tag}-{info['date']}{'-quick' if q else ''}.json")
+  results = Results(path, info, {"quick": q, "steps": steps, "windows": windows,
+                                 "budget": args.budget})
+  raw = results.raw
+  phases = set(args.phases.split(","))
+  unknown = phases - set(PHASES)
+  if unknown:
+    raise SystemExit(f"unknown --phases {sorted(unknown)}; choose from {','.join(PHASES)}")
+  estimate = {"train": 15.0 if q else 45.0}  # seconds per train configuration, refined below
+
+  def train_phase(arch, attention, half, b):
+    start = time.perf_counter()
+    ok = results.phase(clock, f"train {train_key(arch, attention, half, b)}",
+                       estimate["train"],
+                       lambda: bench_train(results, arch, attention, half, b, steps, windows))
+    if ok and arch == "resnet18":
+      estimate["train"] = max(estimate["train"], time.perf_counter() - start)
+
+  def bandwidth():
+    raw["bandwidth_bytes_per_s"] = measured_bandwidth(q)
+  if phases & {"dwt", "rest"}:
+    results.phase(clock, "bandwidth", 5, bandwidth)
+
+  # 1. The core train rows.
+  for half in ((False,) if q else (False, True)):
+    for attention in ("none", "wa"):
+      if "train" in phases:
+        train_phase("resnet18", attention, half, batch)
+
+  # 2. The full run (early: the slowest number to get, and the headline one).
+  if args.full_run and "full_run" in phases:
+    seconds = args.full_run_seconds
+    if args.budget is not None:
+      seconds = min(seconds or float("inf"), clock.left() - 10)
+    minimum = 30 if q else 60
+    results.phase(clock, "full run", minimum + 10,
+                  lambda: full_run(results, args.full_run, seconds or 7 * 24 * 3600, q,
+                                   args.full_run_workdir, results_dir))
+
+  # 3. The PyTorch peers, same batch.
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    have_torch = True
+  except ImportError:
+    have_torch = False
+    raw["skipped"].append({"phase": "peers", "note": "torch not installed"})
+  if have_torch and "peers" in phases:
+    for peer, estimate_s in (("faithful", 20 if q else 40), ("tuned", 20 if q else 120)):
+      results.phase(clock, f"peer {peer}", estimate_s, lambda peer=peer: bench_torch(
+          results, peer, batch, steps, windows, train_key("resnet18", "wa", False, batch)))
+
+  # 4. The DWT alone.
+  n = 8 if q else 128
+  shapes = ((n, 32, 32, 16), (n, 16, 16, 128)) if q else (
+      (n, 32, 32, 16), (n, 32, 32, 64), (n, 16, 16, 128), (n, 8, 8, 256))
+  for shape in shapes if "dwt" in phases else ():
+    results.phase(clock, f"dwt {'x'.join(map(str, shape))}", 10,
+                  lambda shape=shape: bench_dwt(results, shape, windows=5))
+
+  # 5. Profile.
+  if args.profile and "profile" in phases:
+    for half in ((False,) if q else (False, True)):
+      results.phase(clock, f"profile resnet18 wa {'bf16' if half else 'fp32'}",
+                    estimate["train"] + 10,
+                    lambda half=half: profile_train_step(results, half, batch,
+                                                         min(steps, 20), results_dir))
+
+  # 6. The rest of the table while time remains.
+  if not q and "rest" in phases:
+    rest = [("mobilenetv2", "none", False, 128), ("mobilenetv2", "wa", False, 128),
+            ("resnet18", "none", False, 512), ("resnet18", "wa", False, 512),
+            ("vgg16_bn", "none", False, 128), ("vgg16_bn", "wa", False, 128),
+            ("mobilenetv2", "none", True, 128), ("mobilenetv2", "wa", True, 128),
+            ("vgg16_bn", "none", True, 128), ("vgg16_bn", "wa", True, 128),
+            ("resnet18", "none", True, 512), ("resnet18", "wa", True, 512)]
+    for arch, attention, half, b in rest:
+      train_phase(arch, attention, half, b)
+  if "rest" in phases:
+    results.phase(clock, "dwt lever (two-tap vs conv in the train step)",
+                  2 * estimate["train"], lambda: bench_dwt_lever(results, batch, steps, windows))
+  raw["total_seconds"] = clock.elapsed()
+  results.save()
+  return raw
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny sizes for a CPU smoke run")
-  parser.add_argument("--full-run", metavar="DATA", help="also time run_train.py for 160 epochs")
-  parser.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "benchmarks.md"))
+  parser.add_argument("--quick", action="store_true", help="tiny sizes for a CPU dry run")
+  parser.add_argument("--budget", type=float, default=None,
+                      help="wall-clock seconds for the whole run; phases that do not fit are skipped")
+  parser.add_argument("--full-run", metavar="DATA",
+                      help="also train resnet18-wa with the reference recipe on DATA")
+  parser.add_argument("--full-run-seconds", type=float, default=None,
+                      help="at most this long for the full run (default: to the end, or what "
+                           "the budget leaves)")
+  parser.add_argument("--full-run-workdir", default=FULL_RUN_WORKDIR,
+                      help="workdir of the full run; a later invocation continues it")
+  parser.add_argument("--profile", action="store_true", help="trace and summarise the train step")
+  parser.add_argument("--results", default=os.path.join(REPO_ROOT, "docs", "benchmarks"),
+                      help="folder for the raw JSON (and with --full-run/--profile, logs and traces)")
+  parser.add_argument("--docs", default=os.path.join(REPO_ROOT, "docs", "benchmarks.md"),
+                      help="markdown file whose results block is rewritten ('' for none)")
+  parser.add_argument("--phases", default=",".join(PHASES),
+                      help=f"comma-separated subset of {','.join(PHASES)}")
+  parser.add_argument("--render", metavar="JSON",
+                      help="only rebuild the --docs table from a saved results JSON")
   args = parser.parse_args()
-  on_gpu = jax.devices()[0].platform == "gpu"
-  info = machine_info()
-  q = args.quick
-  steps, windows = (2, 3) if q else (50, 5)
-  archs = ("resnet18",) if q else ("resnet18", "vgg16_bn", "mobilenetv2")
-  batches = (32,) if q else (128, 512)
-  precisions = (False,) if q else (False, True)
-  rows, raw = [], {"info": info, "quick": q}
-
-  train_rates = {}
-  for arch in archs:
-    for attention in ("none", "wa"):
-      for half in precisions:
-        for batch in batches:
-          rate, eval_rate = bench_train(arch, attention, half, batch, steps, windows)
-          key = f"{arch} {attention} {'bf16' if half else 'fp32'} b{batch}"
-          train_rates[key] = rate
-          rows.append(("train", key, f"{rate:,.0f} img/s", f"eval {eval_rate:,.0f} img/s"))
-          print(rows[-1], flush=True)
-  # The two-tap DWT lever, side by side: the same WA step with the conv DWT.
-  lever = bench_dwt_lever(batches[0], steps, windows)
-  raw["dwt_lever"] = lever
-  rows.append(("train", f"resnet18 wa fp32 b{batches[0]}: two-tap vs conv DWT",
-               f"{lever['two_tap']:,.0f} vs {lever['conv']:,.0f} img/s",
-               f"two-tap is {lever['two_tap'] / lever['conv']:.2f}x (windows interleaved)"))
-  print(rows[-1], flush=True)
-  raw["train"] = train_rates
-
-  bandwidth = measured_bandwidth(q)
-  n = 8 if q else 128
-  shapes = ((n, 32, 32, 16), (n, 16, 16, 128)) if q else (
-      (n, 32, 32, 16), (n, 32, 32, 64), (n, 16, 16, 128), (n, 8, 8, 256), (n, 4, 4, 512))
-  for shape in shapes:
-    seconds, nbytes = bench_dwt(shape, windows=5)
-    floor = nbytes / bandwidth
-    raw.setdefault("dwt_seconds", {})["x".join(map(str, shape))] = seconds
-    rows.append(("dwt haar", "x".join(map(str, shape)),
-                 f"dwt2 {seconds['dwt2'] * 1e6:,.1f} us ({seconds['dwt2'] / floor:.1f}x floor)",
-                 f"conv path {seconds['conv'] * 1e6:,.1f} us ({seconds['conv'] / floor:.1f}x); "
-                 f"matrix {seconds['matrix'] * 1e6:,.1f} us; floor {floor * 1e6:,.1f} us"))
-    print(rows[-1], flush=True)
-  raw["bandwidth_bytes_per_s"] = bandwidth
-
-  peer_batch = 32 if q else 128
-  jax_key = f"resnet18 wa fp32 b{peer_batch}"
-  for peer in ("faithful", "tuned"):
-    rate = bench_torch(peer, peer_batch, steps, windows)
-    raw[f"torch_{peer}"] = rate
-    if rate is None:
-      rows.append(("peer", f"torch {peer} WA-ResNet18 b{peer_batch}", "torch not installed", ""))
-    else:
-      reference = train_rates[jax_key] if peer == "faithful" or q else train_rates[
-          f"resnet18 wa bf16 b{peer_batch}"]
-      rows.append(("peer", f"torch {peer} WA-ResNet18 b{peer_batch}", f"{rate:,.0f} img/s",
-                   f"wacnn_jax is {reference / rate:.2f}x"))
-    print(rows[-1], flush=True)
-
-  if args.full_run:
-    result = full_run(args.full_run)
-    raw["full_run"] = result
-    rows.append(("full run", "resnet18 wa, 160 epochs, CIFAR-10 (shared JPEGs)",
-                 f"{result['wall_seconds'] / 60:.1f} min wall", f"compile {result['compile_seconds']:.0f} s, "
-                 f"best acc {result['best_test_accuracy']:.4f}"))
+  if args.render:
+    with open(args.render) as f:
+      raw = json.load(f)
   else:
-    rows.append(("full run", "resnet18 wa, 160 epochs, CIFAR-10", NOT_MEASURED, "needs --full-run on a GPU"))
-  if not on_gpu:
-    rows.append(("GPU (H100)", "all rows above on a CUDA GPU", NOT_MEASURED, "no GPU was available"))
-
-  table = ["| what | configuration | result | note |", "|---|---|---|---|"]
-  table += [f"| {' | '.join(r)} |" for r in rows]
-  header = (f"Measured {info['date']} on {info['device']} ({info['host']}); JAX {info['jax']}, "
-            f"PyTorch {info['torch']}; {'--quick (CPU smoke sizes)' if q else 'full sizes'}; "
-            f"medians of {windows} windows of {steps} steps.")
-  block = header + "\n\n" + "\n".join(table)
-  print("\n" + block)
-
-  tag = re.sub(r"[^A-Za-z0-9_.-]", "_", info["device"])
-  os.makedirs(os.path.join(os.path.dirname(args.out), "benchmarks"), exist_ok=True)
-  with open(os.path.join(os.path.dirname(args.out), "benchmarks",
-                         f"{tag}-{info['date']}{'-quick' if q else ''}.json"), "w") as f:
-    json.dump(raw, f, indent=2)
-  begin, end = "<!-- results:begin -->", "<!-- results:end -->"
-  text = open(args.out).read() if os.path.exists(args.out) else f"# Benchmarks\n\n{begin}\n{end}\n"
-  if begin not in text:
-    text += f"\n{begin}\n{end}\n"
-  head, rest = text.split(begin, 1)
-  text = head + begin + "\n" + block + "\n" + end + rest.split(end, 1)[1]
-  with open(args.out, "w") as f:
-    f.write(text)
+    raw = run_suite(args)
+  block = render_block(raw)
+  print("\n" + block, flush=True)
+  if args.docs:
+    write_docs(args.docs, block)
 
 
 if __name__ == "__main__":

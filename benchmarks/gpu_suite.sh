@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The GPU suite: everything docs/benchmarks.md reports, in one command that
+# keeps to a wall-clock budget (default 510 s, for a 10-minute command limit).
+#
+#   bash benchmarks/gpu_suite.sh OUT_DIR [BUDGET_SECONDS] [DATA] [throughput.py options]
+#
+# e.g. a second call that only continues the full run:
+#   bash benchmarks/gpu_suite.sh OUT_DIR 200 .data/cifar10-jpeg.tar.gz --phases full_run
+#
+# Run from the repository root on a CUDA machine whose Python already has JAX
+# (CUDA build), flax, optax, orbax-checkpoint and PyTorch. What the training
+# path needs beyond those (PyWavelets, ml_collections, tensorboardX) is
+# installed from the wheels in .whl/ when that folder exists (no network
+# needed; make it with `bash benchmarks/gpu_suite.sh --fetch-wheels`). DATA
+# defaults to .data/cifar10-jpeg.tar.gz (an image folder or archive); the
+# training path reads it without TensorFlow or tfds preparation.
+#
+# The full run gets FULL_RUN_SECONDS (default 150) of the budget.
+# OUT_DIR receives the raw results JSON, the table (table.md), the full run's
+# log, the trace of the train step and suite.log. A second call continues the
+# full run from its checkpoint (workdirs/benchmark_full_run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+WHEELS=(PyWavelets==1.9.0 ml_collections==1.1.0 tensorboardX==2.6.5)
+if [[ "${1:-}" == "--fetch-wheels" ]]; then  # on a machine with network, for Python 3.12 x86_64
+  mkdir -p .whl
+  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 -d .whl "${WHEELS[@]}"
+  exit $?
+fi
+
+OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT_DIR [BUDGET_SECONDS] [DATA]}
+BUDGET=${2:-510}
+DATA=${3:-.data/cifar10-jpeg.tar.gz}
+EXTRA=("${@:4}")
+START=$(date +%s)
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/suite.log") 2>&1
+
+if ! python3 -c "import pywt, ml_collections, tensorboardX" 2>/dev/null \
+    && compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/wacnn_site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/wacnn_site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+# The suite process grows its GPU memory as needed; the full run (a child
+# process) takes a fixed fraction, and the PyTorch peers share the card.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/workdirs/jax_cache}
+
+nvidia-smi -L 2>/dev/null || true
+python3 - <<'PY'
+import importlib, jax
+for name in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "pywt", "ml_collections",
+             "tensorboardX", "torch", "numpy", "PIL"):
+  try:
+    print(f"{name:18s}", importlib.import_module(name).__version__)
+  except Exception as e:  # noqa
+    print(f"{name:18s} MISSING: {e}")
+print("devices:", jax.devices())
+PY
+
+if [[ ! -e "$DATA" ]]; then
+  echo "note: $DATA not found; the full run is skipped (copy cifar10-jpeg.tar.gz there)"
+  FULL=()
+else
+  FULL=(--full-run "$DATA" --full-run-seconds "${FULL_RUN_SECONDS:-150}")
+fi
+LEFT=$(( BUDGET - ($(date +%s) - START) ))
+python3 benchmarks/throughput.py --budget "$LEFT" --profile "${FULL[@]}" \
+  --results "$OUT" --docs "$OUT/table.md" "${EXTRA[@]}"
