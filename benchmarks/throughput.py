@@ -237,25 +237,31 @@ def measured_bandwidth(quick: bool) -> float:
   return median_rate(lambda: f(x), 2 * size * 4, 9)
 
 
-def bench_dwt(results: Results, shape, windows) -> None:
+def bench_dwt(results: Results, shape, windows: int, min_bytes: int) -> None:
   """Seconds per haar DWT of one NHWC shape for each implementation, and the bytes moved.
 
   `dwt2` takes the fused two-tap path for haar; `dwt2_conv` is the general
   strided depthwise conv; `matrix` is the reference's matrix-multiply DWT.
   The floor is reading x once and writing the four quarter-size bands once.
+  Kernel time: one call on `repeat` stacked copies of the shape (batch
+  repeat * N, at least `min_bytes` of input), divided by `repeat`, so that
+  launch and dispatch overheads are amortised. Call time: one call at the
+  shape itself, dispatch included (what a small standalone call costs).
   """
   from benchmarks import matrix_dwt  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float32)
-  seconds = {}
+  repeat = max(1, -(-min_bytes // (x.size * 4)))
+  stacked = jax.random.normal(jax.random.PRNGKey(1), (shape[0] * repeat,) + shape[1:],
+                              jnp.float32)
+  row = {"bytes": 2 * x.size * 4, "repeat": repeat}
   for name, dwt in (("dwt2", wavelets.dwt2), ("conv", wavelets.dwt2_conv),
                     ("matrix", matrix_dwt.matrix_dwt2)):
     f = jax.jit(lambda v, dwt=dwt: dwt(v, "haar"))
+    jax.block_until_ready(f(stacked))
+    row[name] = 1 / median_rate(lambda f=f: f(stacked), repeat, windows)
     jax.block_until_ready(f(x))
-    # Enough calls per window that the launch overhead is amortised.
-    calls = 20
-    many = lambda f=f: [f(x) for _ in range(calls)]
-    seconds[name] = 1 / median_rate(many, calls, windows)
-  results.raw["dwt"]["x".join(map(str, shape))] = {**seconds, "bytes": 2 * x.size * 4}
+    row[f"{name}_call"] = 1 / median_rate(lambda f=f: f(x), 1, windows)
+  results.raw["dwt"]["x".join(map(str, shape))] = row
 
 
 def bench_torch(results: Results, peer, batch, steps, windows, jax_key) -> None:
@@ -436,25 +442,26 @@ def full_run(results: Results, data: str, seconds: float, quick: bool, workdir: 
   result = {"config": f"configs/{config}", "data": data, "returncode": returncode,
             "stopped_at_budget": stopped, "wall_seconds_this_call": wall,
             "epochs_done": len(records), "epochs_this_call": len(this_call),
-            "num_epochs": REFERENCE_EPOCHS if not quick else None}
+            "num_epochs": None if quick else REFERENCE_EPOCHS}
   if not stopped and returncode != 0:
     with open(log_path) as f:
       result["log_tail"] = f.read()[-3000:]
-  if this_call:
-    steady = [r["epoch_seconds"] - r["compile_seconds"] for r in this_call]
-    compile_seconds = sum(r["compile_seconds"] for r in this_call)
-    epoch_total = sum(r["epoch_seconds"] for r in this_call)
-    epochs_total = (len(records) if quick else REFERENCE_EPOCHS)
+  if records:
+    # Over every epoch in the workdir, also those of earlier invocations.
+    steady = [r["epoch_seconds"] - r["compile_seconds"] for r in records]
+    epochs_total = result["num_epochs"] or len(records)
+    # Process start, data loading and initialisation: the wall time of this call
+    # not spent in its epochs (unknown when the call was stopped mid-epoch).
+    startup = None if stopped else wall - sum(r["epoch_seconds"] for r in this_call)
     result.update(
         median_epoch_seconds=statistics.median(steady),
-        median_train_images_per_sec=statistics.median(r["images_per_sec"] for r in this_call),
-        compile_seconds=compile_seconds,
-        # Process start, data loading and initialisation: the wall time not in any epoch
-        # (the stopped epoch's partial time included when stopped at the budget).
-        startup_seconds=wall - epoch_total,
+        epoch_seconds_all_epochs=sum(steady),
+        median_train_images_per_sec=statistics.median(r["images_per_sec"] for r in records),
+        compile_seconds_first_epoch=records[0]["compile_seconds"],
+        startup_seconds=startup,
         test_accuracy=records[-1]["test_accuracy"],
         best_test_accuracy=max(r["test_accuracy"] for r in records),
-        projected_wall_seconds=(wall - epoch_total if not stopped else 0.0) + compile_seconds
+        projected_wall_seconds=(startup or 0.0) + records[0]["compile_seconds"]
         + epochs_total * statistics.median(steady))
   results.raw["full_run"] = result
 
@@ -466,6 +473,32 @@ def full_run(results: Results, data: str, seconds: float, quick: bool, workdir: 
 
 def _ratio(a, b) -> str:
   return f"{a / b:.2f}x" if a and b else "n/a"
+
+
+def merge_results(parts: list[dict]) -> dict:
+  """One results dict from several invocations (e.g. one GPU window spent in pieces).
+
+  Later parts override earlier ones row by row; a skip note is dropped once
+  any part measured that phase.
+  """
+  merged = json.loads(json.dumps(parts[0]))
+  for part in parts[1:]:
+    for key in ("train", "dwt", "peers", "profile"):
+      merged.setdefault(key, {}).update(part.get(key, {}))
+    for key in ("full_run", "dwt_lever"):
+      if key in part:
+        merged[key] = part[key]
+    if part.get("dwt"):  # the floor of a DWT row uses the bandwidth measured beside it
+      merged["bandwidth_bytes_per_s"] = part["bandwidth_bytes_per_s"]
+    merged["skipped"] += part["skipped"]
+    merged["errors"] += part["errors"]
+  measured = {f"train {k}" for k in merged["train"]}
+  measured |= {"full run"} if "full_run" in merged else set()
+  measured |= {"dwt lever (two-tap vs conv in the train step)"} if "dwt_lever" in merged else set()
+  skipped = {s["phase"]: s for s in merged["skipped"] if s["phase"] not in measured}
+  merged["skipped"] = list(skipped.values())
+  merged["settings"]["invocations"] = len(parts)
+  return merged
 
 
 def render_rows(raw: dict) -> list[tuple[str, str, str, str]]:
@@ -486,11 +519,18 @@ def render_rows(raw: dict) -> list[tuple[str, str, str, str]]:
   bandwidth = raw.get("bandwidth_bytes_per_s")
   for shape, s in raw["dwt"].items():
     floor = s["bytes"] / bandwidth
-    rows.append(("dwt haar", shape,
-                 f"dwt2 {s['dwt2'] * 1e6:,.1f} us ({s['dwt2'] / floor:.1f}x floor)",
-                 f"conv path {s['conv'] * 1e6:,.1f} us ({s['conv'] / floor:.1f}x); "
-                 f"matrix {s['matrix'] * 1e6:,.1f} us; floor {floor * 1e6:,.1f} us "
-                 f"at {bandwidth / 1e9:,.0f} GB/s"))
+    if "repeat" in s:  # kernel time, launch overheads amortised
+      rows.append(("dwt haar", shape,
+                   f"dwt2 {s['dwt2'] * 1e6:,.1f} us ({s['dwt2'] / floor:.1f}x floor)",
+                   f"conv path {s['conv'] * 1e6:,.1f} us ({s['conv'] / floor:.1f}x); "
+                   f"matrix {s['matrix'] * 1e6:,.1f} us; floor {floor * 1e6:,.1f} us "
+                   f"at {bandwidth / 1e9:,.0f} GB/s; one call at this shape, dispatch "
+                   f"included: dwt2 {s['dwt2_call'] * 1e6:,.1f} us"))
+    else:  # older results: one call per measurement, dispatch included
+      rows.append(("dwt haar", f"{shape} (per call, dispatch included)",
+                   f"dwt2 {s['dwt2'] * 1e6:,.1f} us ({s['dwt2'] / floor:.1f}x floor)",
+                   f"conv path {s['conv'] * 1e6:,.1f} us; matrix {s['matrix'] * 1e6:,.1f} us; "
+                   f"floor {floor * 1e6:,.1f} us at {bandwidth / 1e9:,.0f} GB/s"))
   for peer, p in raw["peers"].items():
     ours = [f"{k.split(' ', 1)[1]} {_ratio(raw['train'][k]['train'], p['rate'])}"
             for k in raw["train"]
@@ -509,11 +549,21 @@ def render_rows(raw: dict) -> list[tuple[str, str, str, str]]:
                    f"{prof['trace_wall_us_per_step']:,.0f} us/step",
                    f"us/step: {classes}"))
   full = raw.get("full_run")
-  if full and "median_epoch_seconds" in full:
+  if full and "epoch_seconds_all_epochs" in full:
+    startup = full["startup_seconds"]
+    rows.append(("full run", f"resnet18 wa, reference recipe, {full['data'].split('/')[-1]}",
+                 f"{full['epochs_done']} epochs: {full['epoch_seconds_all_epochs'] / 60:.2f} min",
+                 f"train + evaluation, compile apart; median {full['median_epoch_seconds']:.2f} "
+                 f"s/epoch; compile {full['compile_seconds_first_epoch']:.0f} s"
+                 f"{f', start-up and data loading {startup:.0f} s' if startup else ''}; "
+                 f"projected uninterrupted {full['num_epochs'] or full['epochs_done']} epochs "
+                 f"{full['projected_wall_seconds'] / 60:.1f} min end to end; test acc "
+                 f"{full['test_accuracy']:.4f} (best {full['best_test_accuracy']:.4f})"))
+  elif full and "median_epoch_seconds" in full:  # older results: this invocation's epochs only
     rows.append(("full run", f"resnet18 wa, reference recipe, {full['data'].split('/')[-1]}",
                  f"{full['epochs_done']} epochs, {full['median_epoch_seconds']:.2f} s/epoch",
-                 f"projected {full['num_epochs'] or full['epochs_done']} epochs: {full['projected_wall_seconds'] / 60:.1f} min"
-                 f" (compile {full['compile_seconds']:.0f} s apart); test acc "
+                 f"projected {full['num_epochs'] or full['epochs_done']} epochs: "
+                 f"{full['projected_wall_seconds'] / 60:.1f} min; test acc "
                  f"{full['test_accuracy']:.4f} (best {full['best_test_accuracy']:.4f})"))
   elif full:
     rows.append(("full run", "resnet18 wa, reference recipe", "no epoch finished",
@@ -535,7 +585,8 @@ def render_block(raw: dict) -> str:
   header = (f"Measured {info['date']} on {info['device']} ({info['host']}); JAX {info['jax']}, "
             f"PyTorch {info['torch']}; {'--quick (CPU smoke sizes)' if settings['quick'] else 'full sizes'}; "
             f"medians of {settings['windows']} windows of {settings['steps']} steps"
-            f"{'; budget ' + str(round(settings['budget'])) + ' s' if settings.get('budget') else ''}.")
+            f"{'; budget ' + str(round(settings['budget'])) + ' s' if settings.get('budget') else ''}"
+            f"{'; ' + str(settings['invocations']) + ' invocations merged' if settings.get('invocations', 1) > 1 else ''}.")
   return header + "\n\n" + "\n".join(table)
 
 
@@ -576,7 +627,7 @@ def run_suite(args) -> dict:
   clock = Clock(args.budget)
   q = args.quick
   steps, windows = (2, 2) if q else (50, 5)
-  batch = 32 if q else 128
+  batch = args.batch or (32 if q else 128)
   info = machine_info()
   print(f"{info}\ndevices: {jax.devices()}", flush=True)
   results_dir = args.results
@@ -639,7 +690,8 @@ def run_suite(args) -> dict:
       (n, 32, 32, 16), (n, 32, 32, 64), (n, 16, 16, 128), (n, 8, 8, 256))
   for shape in shapes if "dwt" in phases else ():
     results.phase(clock, f"dwt {'x'.join(map(str, shape))}", 10,
-                  lambda shape=shape: bench_dwt(results, shape, windows=5))
+                  lambda shape=shape: bench_dwt(results, shape, windows=5,
+                                                min_bytes=2**20 if q else 2**28))
 
   # 5. Profile.
   if args.profile and "profile" in phases:
@@ -686,12 +738,18 @@ def main():
                       help="markdown file whose results block is rewritten ('' for none)")
   parser.add_argument("--phases", default=",".join(PHASES),
                       help=f"comma-separated subset of {','.join(PHASES)}")
-  parser.add_argument("--render", metavar="JSON",
-                      help="only rebuild the --docs table from a saved results JSON")
+  parser.add_argument("--render", metavar="JSON", nargs="+",
+                      help="only rebuild the --docs table from saved results JSON files "
+                           "(several: merged, later ones win)")
+  parser.add_argument("--batch", type=int, default=None,
+                      help="batch size of the train rows and peers (default 128; --quick 32)")
   args = parser.parse_args()
   if args.render:
-    with open(args.render) as f:
-      raw = json.load(f)
+    parts = []
+    for path in args.render:
+      with open(path) as f:
+        parts.append(json.load(f))
+    raw = merge_results(parts)
   else:
     raw = run_suite(args)
   block = render_block(raw)
