@@ -382,7 +382,7 @@ def profile_train_step(results: Results, half: bool, batch: int, steps: int,
     wall = time.perf_counter() - start
   traces = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
   summary = summarize_trace(traces[0], wall, dispatches * steps)
-  summary.update(batch=batch, precision="bf16" if half else "fp32",
+  summary.update(batch=batch, steps=dispatches * steps, precision="bf16" if half else "fp32",
                  images_per_sec_while_tracing=dispatches * steps * batch / wall)
   results.raw.setdefault("profile", {})[f"resnet18 wa {'bf16' if half else 'fp32'} b{batch}"] = summary
   if results_dir and os.path.getsize(traces[0]) < 15 * 2**20:  # keep the trace if it is small
@@ -544,10 +544,13 @@ def render_rows(raw: dict) -> list[tuple[str, str, str, str]]:
     if lane_summary:
       classes = ", ".join(f"{k} {v:,.0f}" for k, v in
                           list(lane_summary["us_per_step_by_class"].items())[:4])
-      rows.append(("profile", f"{name}: {lane}",
-                   f"busy {lane_summary['busy_us_per_step']:,.0f} of "
-                   f"{prof['trace_wall_us_per_step']:,.0f} us/step",
-                   f"us/step: {classes}"))
+      untraced = raw["train"].get(name, {}).get("train")
+      step = (f"a {prof['batch'] / untraced * 1e6:,.0f} us step (untraced)" if untraced else
+              f"{prof['trace_wall_us_per_step']:,.0f} us/step while tracing")
+      rows.append(("profile", f"{name}: {lane.split('(')[0].strip()}",
+                   f"kernels busy {lane_summary['busy_us_per_step']:,.0f} us of {step}",
+                   f"{lane_summary['events'] / prof['steps']:.0f} kernels/step; us/step: {classes}"
+                   if "steps" in prof else f"us/step: {classes}"))
   full = raw.get("full_run")
   if full and "epoch_seconds_all_epochs" in full:
     startup = full["startup_seconds"]
@@ -590,9 +593,9 @@ def render_block(raw: dict) -> str:
   return header + "\n\n" + "\n".join(table)
 
 
-def write_docs(path: str, block: str) -> None:
-  """Replaces the text between the `results` markers of `path` with `block`."""
-  begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+def write_docs(path: str, block: str, section: str = "results") -> None:
+  """Replaces the text between the `section` markers of `path` with `block`."""
+  begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
   text = open(path).read() if os.path.exists(path) else f"# Benchmarks\n\n{begin}\n{end}\n"
   if begin not in text:
     text += f"\n{begin}\n{end}\n"
@@ -738,6 +741,8 @@ def main():
                       help="markdown file whose results block is rewritten ('' for none)")
   parser.add_argument("--phases", default=",".join(PHASES),
                       help=f"comma-separated subset of {','.join(PHASES)}")
+  parser.add_argument("--section", default="results",
+                      help="which <!-- SECTION:begin/end --> block of --docs to rewrite")
   parser.add_argument("--render", metavar="JSON", nargs="+",
                       help="only rebuild the --docs table from saved results JSON files "
                            "(several: merged, later ones win)")
@@ -755,7 +760,7 @@ def main():
   block = render_block(raw)
   print("\n" + block, flush=True)
   if args.docs:
-    write_docs(args.docs, block)
+    write_docs(args.docs, block, args.section)
 
 
 if __name__ == "__main__":
