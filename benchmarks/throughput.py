@@ -283,8 +283,9 @@ def bench_torch(results: Results, peer, batch, steps, windows, jax_key) -> None:
 
 OP_CLASSES = (  # (class, substrings of kernel / XLA op names), first match wins
     ("memcpy/memset", ("memcpy", "memset", "copy-start", "copy-done")),
-    ("convolution (cuDNN/cutlass)", ("conv", "cudnn", "xmma", "implicit_gemm", "sm90_",
-                                     "sm80_", "cutlass", "wgrad", "dgrad", "fprop")),
+    ("layout transposes", ("transpose",)),
+    ("convolution", ("conv", "cudnn", "xmma", "implicit_gemm", "sm90_", "sm80_", "cutlass",
+                     "wgrad", "dgrad", "fprop", "ynn_fusion")),
     ("matmul", ("gemm", "dot", "matmul")),
     ("reduction", ("reduce", "reduction")),
     ("fused elementwise", ("fusion", "loop_", "input_", "elementwise")),

@@ -1,0 +1,95 @@
+"""wacnn_jax.reproduce: the grid runs end to end at tiny sizes, in pieces, and its statistics."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+from scipy import stats
+
+from tests.conftest import REPO_ROOT
+from wacnn_jax import reproduce
+
+TINY = ["num_epochs=1", "batch_size=32", "eval_batch_size=16", "data.max_train_examples=64",
+        "data.max_test_examples=16", "schedule.boundaries=(1,)"]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp("reproduce_data")
+  rng = np.random.default_rng(0)
+  for split, n in (("train", 24), ("test", 6)):
+    for label in ("ant", "bee", "cat"):
+      os.makedirs(root / split / label)
+      for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+            root / split / label / f"{i:03d}.png")
+  return str(root)
+
+
+def _cli(*args, timeout=600):
+  return subprocess.run([sys.executable, "-m", "wacnn_jax.reproduce", *args], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _invocations(results, cell, seed):
+  with open(os.path.join(results, "cifar10", cell, f"seed{seed}", "reproduce.json")) as f:
+    return json.load(f)
+
+
+def test_grid_in_pieces_then_complete_then_skipped(tmp_path, tiny_folder):
+  results = str(tmp_path / "results")
+  common = ["--archs", "resnet18", "--attentions", "none,wa", "--seeds", "2", "--data",
+            tiny_folder, "--results", results] + [a for o in TINY for a in ("--set", o)]
+  # 1. A budget too short for a whole run: the first run is stopped at the deadline.
+  first = _cli(*common, "--budget", "4", "--min-run-seconds", "1")
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert [i["outcome"] for i in _invocations(results, "resnet18-none", 0)] == ["stopped"]
+  assert not os.path.exists(os.path.join(results, "cifar10", "resnet18-wa"))
+  # 2. No budget: everything missing runs, the stopped run included.
+  second = _cli(*common)
+  assert second.returncode == 0, second.stderr[-2000:]
+  readme = open(os.path.join(results, "cifar10", "README.md")).read()
+  assert "| resnet18 | none | 2/2 | 1 |" in readme and "| resnet18 | wa | 2/2 | 1 |" in readme
+  delta_rows = [l for l in readme.splitlines() if l.startswith("| resnet18 | ") and "[" in l]
+  assert len(delta_rows) == 1 and "| 2, 2 |" in delta_rows[0]
+  assert [i["outcome"] for i in _invocations(results, "resnet18-none", 0)] == [
+      "stopped", "finished"]
+  # Tiny finished runs keep their (small) checkpoints; metrics and summaries are there.
+  run = reproduce.read_run(os.path.join(results, "cifar10", "resnet18-wa", "seed1"))
+  assert run.complete and run.flops > 0
+  assert run.params == 272_474 - 7 * (64 + 1)  # resnet18-WA with 3 classes instead of 10
+  # 3. Nothing left to do: no run starts.
+  third = _cli(*common, "--budget", "0")
+  assert third.returncode == 0
+  for cell in ("resnet18-none", "resnet18-wa"):
+    for seed in (0, 1):
+      assert _invocations(results, cell, seed)[-1]["outcome"] == "finished"
+  assert len(_invocations(results, "resnet18-wa", 1)) == 1
+
+
+def test_budget_too_small_starts_nothing(tmp_path, tiny_folder):
+  result = _cli("--archs", "resnet18", "--attentions", "wa", "--seeds", "1", "--data",
+                tiny_folder, "--results", str(tmp_path), "--budget", "0")
+  assert result.returncode == 0
+  assert "stopping before resnet18-wa seed 0" in result.stdout
+  assert not os.path.exists(tmp_path / "cifar10" / "resnet18-wa" / "seed0")
+
+
+def test_missing_data_is_one_line():
+  result = _cli("--data", "/nonexistent/folder")
+  assert result.returncode == 2 and "does not exist" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_welch_interval_matches_scipy():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(0.90, 0.01, 5), rng.normal(0.88, 0.02, 4)
+  diff, low, high = reproduce.welch_interval(a, b)
+  want = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+  np.testing.assert_allclose([diff, low, high], [a.mean() - b.mean(), want.low, want.high],
+                             rtol=1e-10)
+  assert reproduce.welch_interval([0.9], b)[1:] == (None, None)
