@@ -68,7 +68,7 @@ from wacnn_jax import input_pipeline, train, wavelets  # pylint: disable=wrong-i
 
 NOT_MEASURED = "not yet measured"
 REFERENCE_EPOCHS = 160
-PHASES = ("train", "peers", "dwt", "profile", "full_run", "rest")
+PHASES = ("train", "peers", "dwt", "profile", "full_run", "levers", "rest")
 FULL_RUN_WORKDIR = os.path.join(REPO_ROOT, "workdirs", "benchmark_full_run")
 
 
@@ -275,6 +275,29 @@ def bench_torch(results: Results, peer, batch, steps, windows, jax_key) -> None:
   results.raw["peers"][peer] = {"rate": statistics.median(rates), "batch": batch,
                                 "compare_with": jax_key, "device": device,
                                 "seconds": time.perf_counter() - start}
+
+
+# XLA flag variants of the resnet18-WA train step, each in a fresh process
+# (XLA reads its flags once). Command buffers are CUDA graphs of the step's
+# kernels: with WHILE they may capture the whole scanned epoch.
+XLA_FLAG_LEVERS = (
+    ("default", ""),
+    ("no command buffers", "--xla_gpu_enable_command_buffer="),
+    ("command buffers incl. loops",
+     "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"),
+)
+
+
+def bench_xla_flags(results: Results, name: str, flags: str, batch: int, steps: int,
+                    windows: int) -> None:
+  """resnet18-WA fp32 train/eval images/s in a subprocess with XLA_FLAGS += `flags`."""
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + flags).strip())
+  output = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), "--train-row",
+       f"resnet18,wa,fp32,{batch},{steps},{windows}"],
+      env=env, capture_output=True, text=True, timeout=600, check=True).stdout
+  row = json.loads(output.strip().splitlines()[-1])
+  results.raw.setdefault("xla_flags", {})[name] = {"flags": flags, **row}
 
 
 # ---------------------------------------------------------------------------
@@ -484,7 +507,7 @@ def merge_results(parts: list[dict]) -> dict:
   """
   merged = json.loads(json.dumps(parts[0]))
   for part in parts[1:]:
-    for key in ("train", "dwt", "peers", "profile"):
+    for key in ("train", "dwt", "peers", "profile", "xla_flags"):
       merged.setdefault(key, {}).update(part.get(key, {}))
     for key in ("full_run", "dwt_lever"):
       if key in part:
@@ -552,6 +575,10 @@ def render_rows(raw: dict) -> list[tuple[str, str, str, str]]:
                    f"kernels busy {lane_summary['busy_us_per_step']:,.0f} us of {step}",
                    f"{lane_summary['events'] / prof['steps']:.0f} kernels/step; us/step: {classes}"
                    if "steps" in prof else f"us/step: {classes}"))
+  base = raw.get("xla_flags", {}).get("default", {}).get("train")
+  for name, r in raw.get("xla_flags", {}).items():
+    rows.append(("xla flags", f"resnet18 wa fp32: {name}", f"{r['train']:,.0f} img/s",
+                 f"{_ratio(r['train'], base)} of default; XLA_FLAGS={r['flags'] or '(none)'}"))
   full = raw.get("full_run")
   if full and "epoch_seconds_all_epochs" in full:
     startup = full["startup_seconds"]
@@ -715,6 +742,11 @@ def run_suite(args) -> dict:
             ("resnet18", "none", True, 512), ("resnet18", "wa", True, 512)]
     for arch, attention, half, b in rest:
       train_phase(arch, attention, half, b)
+  if "levers" in phases:
+    for name, flags in XLA_FLAG_LEVERS:
+      results.phase(clock, f"xla flags: {name}", estimate["train"] + 10,
+                    lambda name=name, flags=flags: bench_xla_flags(
+                        results, name, flags, batch, steps, windows))
   if "rest" in phases:
     results.phase(clock, "dwt lever (two-tap vs conv in the train step)",
                   2 * estimate["train"], lambda: bench_dwt_lever(results, batch, steps, windows))
@@ -749,7 +781,14 @@ def main():
                            "(several: merged, later ones win)")
   parser.add_argument("--batch", type=int, default=None,
                       help="batch size of the train rows and peers (default 128; --quick 32)")
+  parser.add_argument("--train-row", help=argparse.SUPPRESS)  # ARCH,ATTENTION,fp32|bf16,B,S,W
   args = parser.parse_args()
+  if args.train_row:  # one train row, printed as JSON (a child of bench_xla_flags)
+    arch, attention, precision, b, steps, windows = args.train_row.split(",")
+    results = Results(None, {}, {})
+    bench_train(results, arch, attention, precision == "bf16", int(b), int(steps), int(windows))
+    print(json.dumps(next(iter(results.raw["train"].values()))))
+    return
   if args.render:
     parts = []
     for path in args.render:

@@ -175,3 +175,10 @@ def test_results_of_several_invocations_merge_into_one_table(tmp_path):
   assert "skipped | train vgg16_bn" not in text  # measured in the second part
   assert "| skipped | train mobilenetv2 wa fp32 b128 |" in text
   assert "2 invocations merged" in text
+
+
+def test_xla_flag_lever_runs_the_step_in_a_child_process():
+  results = throughput.Results(None, {}, {})
+  throughput.bench_xla_flags(results, "default", "", batch=8, steps=1, windows=1)
+  row = results.raw["xla_flags"]["default"]
+  assert row["flags"] == "" and row["train"] > 0 and row["eval"] > 0
