@@ -7,6 +7,7 @@ import os
 import runpy
 import sys
 import traceback
+from typing import NoReturn
 
 from absl import flags
 from absl import logging
@@ -60,15 +61,26 @@ def _config_path(argv) -> str | None:
   return None
 
 
+def _exit_with_usage_error(message: str) -> NoReturn:
+  sys.stderr.write(f"error: {message}\n")
+  sys.exit(2)
+
+
 def parse_flags(argv):
-  """`app.run` flags parser: a bad `--config.x=y` gives the valid keys, not a traceback."""
+  """`app.run` flags parser: a bad command line is one `error:` line on stderr and exit status 2.
+
+  (absl prints nothing itself for a custom parser's errors.) A bad
+  `--config.x=y` also lists the valid keys.
+  """
+  path = _config_path(argv)
+  if path is not None and not os.path.isfile(path):
+    _exit_with_usage_error(f"--config {path}: no such file.")
   try:
-    return flags.FLAGS(argv)
-  except flags.Error:
-    raise  # absl prints these itself, with usage
+    remaining = flags.FLAGS(argv)
+  except flags.Error as e:  # a bad value, an unknown or a missing flag
+    _exit_with_usage_error(" ".join(str(e).split()))
   except Exception as e:  # pylint: disable=broad-except
     message = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"')
-    path = _config_path(argv)
     valid = ""
     if path and os.path.exists(path):
       try:
@@ -76,9 +88,10 @@ def parse_flags(argv):
         valid = "\nValid keys: " + ", ".join(flatten_keys(config))
       except Exception:  # pylint: disable=broad-except
         pass
-    sys.stderr.write(
-        f"error: bad config override ({type(e).__name__}: {message}).{valid}\n")
-    sys.exit(2)
+    _exit_with_usage_error(f"bad config override ({type(e).__name__}: {message}).{valid}")
+  if len(remaining) > 1:
+    _exit_with_usage_error(f"unexpected arguments {remaining[1:]}; every option is a --flag.")
+  return remaining
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> int:
