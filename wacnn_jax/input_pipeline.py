@@ -227,6 +227,8 @@ def read_image_folder(path: str, splits=("train", "test")) -> Dataset:
         f"data.image_folder={path!r} is neither a folder nor a "
         f"{'/'.join(_ARCHIVE_SUFFIXES)} archive.")
   name = os.path.basename(path.rstrip("/"))
+  for suffix in _ARCHIVE_SUFFIXES:  # an archive and its extracted folder: one name
+    name = name.removesuffix(suffix)
   return Dataset(name=name, train=result[splits[0]], test=result[splits[1]],
                  class_names=class_names)
 
