@@ -18,7 +18,9 @@ version of the model code) is a plain CheckpointError and stays where it is.
 
 from __future__ import annotations
 
+import logging as python_logging
 import os
+import re
 import sys
 from typing import Any
 
@@ -65,16 +67,32 @@ def _is_restore_aftermath(unraisable) -> bool:
   return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
+# TensorStore's errors start with an absl status code: "NOT_FOUND: ...".
+_TENSORSTORE_ERROR = re.compile(r"[A-Z_]+: ")
+
+
+class _AbandonedReadFilter(python_logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" reports of TensorStore errors."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    exception = record.exc_info[1] if record.exc_info else None
+    return not (record.getMessage().split("\n", 1)[0].endswith("exception was never retrieved")
+                and exception is not None
+                and _TENSORSTORE_ERROR.match(str(exception)) is not None)
+
+
 def _drop_restore_aftermath() -> None:
   """Keeps the leftovers of a failed restore off the console (process-wide, once).
 
   When one array of a checkpoint cannot be read, Orbax abandons the restore
-  while TensorStore completes the other reads: each of those then reports
-  "Event loop is closed", and each abandoned Orbax read coroutine reports its
-  own error (with a ~60-line TensorStore spec) when it is collected, at any
-  later time. Nothing can catch these reports and they add nothing to the
-  DamagedCheckpointError, so this `sys.unraisablehook` wrapper drops exactly
-  these two kinds and passes every other report on.
+  while TensorStore completes the other reads, which then report themselves
+  at any later time: "Event loop is closed" for each read that completes,
+  the error of each abandoned Orbax read coroutine (with a ~60-line
+  TensorStore spec) when it is collected, and asyncio's "Task exception was
+  never retrieved" for each failed read no one awaits. Nothing can catch them
+  and they add nothing to the DamagedCheckpointError, so a `sys.unraisablehook`
+  wrapper and a filter on the asyncio logger drop exactly these and pass
+  every other report on.
   """
   previous = sys.unraisablehook
   if getattr(previous, "drops_restore_aftermath", False):
@@ -86,6 +104,7 @@ def _drop_restore_aftermath() -> None:
 
   hook.drops_restore_aftermath = True
   sys.unraisablehook = hook
+  python_logging.getLogger("asyncio").addFilter(_AbandonedReadFilter())
 
 
 class Checkpointer:
