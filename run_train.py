@@ -18,14 +18,13 @@ from wacnn_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.")
-flags.mark_flags_as_required(["workdir"])
 config_flags.DEFINE_config_file(
     "config", None, "Path to a config file with get_config().", lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  del argv  # cli.parse_flags refuses positional arguments
   logging.set_verbosity(logging.INFO)
   cli.quiet_library_logs()
   sys.exit(cli.run(FLAGS.config, FLAGS.workdir))

@@ -78,3 +78,23 @@ def test_missing_dataset_says_how_to_fix(tmp_path):
                    hide_tensorflow=False)
   assert result.returncode == 1
   assert "data.image_folder" in result.stderr and "Traceback" not in result.stderr
+
+
+SMOKE = ["--config", "configs/smoke.py", "--workdir", "WORKDIR"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (SMOKE + ["--config.batch_size=abc"], "flag --config.batch_size=abc: invalid literal"),
+    (SMOKE + ["--config.half_precision=maybe"], "flag --config.half_precision=maybe"),
+    (SMOKE + ["--foo=1"], "Unknown command line flag 'foo'"),
+    (SMOKE + ["no_such_argument"], "unexpected arguments ['no_such_argument']"),
+    (["--config", "configs/nope.py", "--workdir", "WORKDIR"], "configs/nope.py: no such file"),
+    (["--config", "configs/smoke.py"], "Flag --workdir must have a value"),
+])
+def test_bad_command_lines_are_one_line_and_status_2(args, message, tmp_path):
+  result = run_cli(*[str(tmp_path) if a == "WORKDIR" else a for a in args],
+                   hide_tensorflow=False)
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+  assert not os.listdir(tmp_path)

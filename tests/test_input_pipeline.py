@@ -116,6 +116,33 @@ def test_mixed_image_sizes_are_refused(tmp_path):
     input_pipeline.read_image_folder(str(tmp_path))
 
 
+@pytest.mark.parametrize("archived", [False, True])
+def test_undecodable_files_are_refused_by_name(archived, synthetic_folder, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "images"
+  shutil.copytree(synthetic_folder, folder)
+  jpeg = (folder / "train" / "ant" / "000.jpg").read_bytes()
+  (folder / "train" / "bee" / "zero.jpg").write_bytes(b"")
+  (folder / "test" / "ant" / "random.jpg").write_bytes(np.random.default_rng(1).bytes(300))
+  (folder / "test" / "cat" / "cut.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+  path = str(folder)
+  if archived:
+    path = str(tmp_path / "images.tar.gz")
+    with tarfile.open(path, "w:gz") as tar:
+      tar.add(folder, arcname="images")
+  with pytest.raises(input_pipeline.DatasetError) as error:
+    input_pipeline.read_image_folder(path)
+  prefix = "images/" if archived else ""
+  assert str(error.value).startswith(
+      f"cannot decode {prefix}train/bee/zero.jpg in {path}: empty file (and 2 more bad file(s)).")
+  with pytest.raises(input_pipeline.DatasetError, match="random.jpg.*not an image.*2 more"):
+    input_pipeline.read_image_folder(path, splits=("test", "train"))
+  (folder / "test" / "ant" / "random.jpg").unlink()
+  (folder / "train" / "bee" / "zero.jpg").unlink()
+  with pytest.raises(input_pipeline.DatasetError, match="(?i)cut.jpg.*truncated"):
+    input_pipeline.read_image_folder(str(folder))
+
+
 # ---------------------------------------------------------------------------
 # tfds.
 # ---------------------------------------------------------------------------

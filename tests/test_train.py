@@ -178,52 +178,6 @@ def test_checkpoint_of_another_model_is_refused(smoke_run, cifar10_small, tmp_pa
     train.train_and_evaluate(config, copy)
 
 
-def test_corrupt_checkpoint_is_a_clear_error(smoke_run, cifar10_small, tmp_path):
-  config, workdir, _ = smoke_run
-  copy = str(tmp_path / "run")
-  shutil.copytree(workdir, copy)
-  checkpoints = os.path.join(copy, "checkpoints")
-  latest = max(int(s) for s in os.listdir(checkpoints) if s.isdigit())
-  for root, _, files in os.walk(os.path.join(checkpoints, str(latest), "state")):
-    for name in files:
-      with open(os.path.join(root, name), "wb") as f:
-        f.write(b"garbage")
-  with pytest.raises(checkpointing.CheckpointError, match="corrupt"):
-    train.train_and_evaluate(config, copy)
-
-
-def test_resume_after_a_crash_matches_an_uninterrupted_run(cifar10_small, tmp_path,
-                                                           monkeypatch):
-  config = smoke_config(cifar10_small, num_epochs=3,
-                        **{"data.max_train_examples": 256, "data.max_test_examples": 64})
-  straight = train.train_and_evaluate(config, str(tmp_path / "straight"))
-
-  # Crash in the middle of epoch 2: after its training steps, before its
-  # evaluation and checkpoint. The restart resumes from epoch 1's checkpoint.
-  calls = []
-  real_summarize = train.summarize_eval
-
-  def crashing_summarize(totals):
-    calls.append(1)
-    if len(calls) == 2:
-      raise KeyboardInterrupt("simulated crash")
-    return real_summarize(totals)
-
-  monkeypatch.setattr(train, "summarize_eval", crashing_summarize)
-  crashed_dir = str(tmp_path / "crashed")
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, crashed_dir)
-  monkeypatch.setattr(train, "summarize_eval", real_summarize)
-  resumed = train.train_and_evaluate(config, crashed_dir)
-
-  assert int(resumed.step) == int(straight.step)
-  for a, b in zip(jax.tree.leaves((straight.params, straight.batch_stats, straight.opt_state)),
-                  jax.tree.leaves((resumed.params, resumed.batch_stats, resumed.opt_state))):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-  records = [json.loads(l) for l in open(os.path.join(crashed_dir, "metrics.jsonl"))]
-  assert [r["epoch"] for r in records] == [1, 2, 3]
-
-
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_tfds_mock_data_through_the_full_pipeline(name, tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")

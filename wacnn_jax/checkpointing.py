@@ -1,18 +1,31 @@
 """Orbax checkpoints of the training state, with the run's metadata beside them.
 
 Layout: `workdir/checkpoints/<step>/{state,meta}`, written by one
-`orbax.checkpoint.CheckpointManager`. `state` is the (unreplicated) TrainState
-pytree; `meta` is JSON: epoch, best test accuracy, this checkpoint's test
-accuracy and the model/dataset config, so that a checkpoint of another model is
-refused with a clear message instead of a shape error deep inside Orbax. The
-latest `keep` checkpoints are kept, and the one with the best test accuracy.
+`orbax.checkpoint.CheckpointManager`; `<step>` is the state's own step count
+(`epoch * steps_per_epoch` at the end of an epoch). `state` is the
+(unreplicated) TrainState pytree; `meta` is JSON: epoch, best test accuracy,
+this checkpoint's test accuracy and the identity of the run (model, classes,
+dataset, batch size), so that a checkpoint of another run is refused with a
+clear message instead of a shape error deep inside Orbax, or a silent resume.
+The latest `keep` checkpoints are kept, and the one with the best test accuracy.
+
+A checkpoint that cannot be read (cut short by a full disk, a damaged file) is
+a `DamagedCheckpointError`; `restore_latest` then moves it to
+`workdir/checkpoints_damaged/<step>` and falls back to the one before. One
+that is intact but holds other arrays than the model's (written by another
+version of the model code) is a plain CheckpointError and stays where it is.
 """
 
 from __future__ import annotations
 
+import logging as python_logging
 import os
+import re
+import sys
 from typing import Any
 
+from absl import logging
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
@@ -21,13 +34,91 @@ class CheckpointError(RuntimeError):
   """A checkpoint is missing, corrupt, or belongs to another model/dataset."""
 
 
+class DamagedCheckpointError(CheckpointError):
+  """A checkpoint exists but cannot be read."""
+
+
+def short_reason(error: BaseException) -> str:
+  """The innermost cause of `error` in one line, without TensorStore's spec dump."""
+  while error.__cause__ is not None:
+    error = error.__cause__
+  text = str(error).split("\n", 1)[0]
+  for noise in (" [tensorstore_spec=", " See full TensorStore details"):
+    text = text.split(noise, 1)[0]
+  return f"{type(error).__name__}: {text[:300]}"
+
+
+def _array_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+  """{key path: shape} of a pytree's leaves, with dict keys, attributes and indices as strings."""
+  def name(key):
+    for field in ("key", "name", "idx"):
+      if hasattr(key, field):
+        return str(getattr(key, field))
+    return str(key)
+  return {tuple(name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _is_restore_aftermath(unraisable) -> bool:
+  if (isinstance(unraisable.exc_value, RuntimeError)
+      and str(unraisable.exc_value) == "Event loop is closed"):
+    return True
+  code = getattr(unraisable.object, "cr_code", None)  # an abandoned Orbax read coroutine
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
+# TensorStore's errors start with an absl status code: "NOT_FOUND: ...".
+_TENSORSTORE_ERROR = re.compile(r"[A-Z_]+: ")
+
+
+class _AbandonedReadFilter(python_logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" reports of TensorStore errors."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    exception = record.exc_info[1] if record.exc_info else None
+    return not (record.getMessage().split("\n", 1)[0].endswith("exception was never retrieved")
+                and exception is not None
+                and _TENSORSTORE_ERROR.match(str(exception)) is not None)
+
+
+def _drop_restore_aftermath() -> None:
+  """Keeps the leftovers of a failed restore off the console (process-wide, once).
+
+  When one array of a checkpoint cannot be read, Orbax abandons the restore
+  while TensorStore completes the other reads, which then report themselves
+  at any later time: "Event loop is closed" for each read that completes,
+  the error of each abandoned Orbax read coroutine (with a ~60-line
+  TensorStore spec) when it is collected, and asyncio's "Task exception was
+  never retrieved" for each failed read no one awaits. Nothing can catch them
+  and they add nothing to the DamagedCheckpointError, so a `sys.unraisablehook`
+  wrapper and a filter on the asyncio logger drop exactly these and pass
+  every other report on.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_restore_aftermath", False):
+    return
+
+  def hook(unraisable):
+    if not _is_restore_aftermath(unraisable):
+      previous(unraisable)
+
+  hook.drops_restore_aftermath = True
+  sys.unraisablehook = hook
+  python_logging.getLogger("asyncio").addFilter(_AbandonedReadFilter())
+
+
 class Checkpointer:
-  """Saves and restores `(state, meta)` pairs in `workdir/checkpoints`."""
+  """Saves and restores `(state, meta)` pairs in `workdir/checkpoints`.
+
+  A context manager: leaving the `with` block (normally or by an exception)
+  waits for pending saves and closes the Orbax manager.
+  """
 
   def __init__(self, workdir: str, *, keep: int = 3, identity: dict | None = None,
                create: bool = True):
-    """`identity` (model and dataset settings) must match on restore."""
+    """`identity` (model, dataset and run settings) must match on restore."""
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.damaged_directory = os.path.abspath(os.path.join(workdir, "checkpoints_damaged"))
     self.identity = identity or {}
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
@@ -46,30 +137,39 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "meta"), options=options)
 
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
-
   def save(self, step: int, state: Any, meta: dict) -> None:
-    """Saves asynchronously; `meta['test_accuracy']` ranks the best checkpoint."""
+    """Saves asynchronously; `meta['test_accuracy']` ranks the best checkpoint.
+
+    Raises CheckpointError when the checkpoint is not written (Orbax declines
+    a step that is not above the latest one).
+    """
     meta = dict(meta, identity=self.identity)
-    self._manager.save(
+    saved = self._manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                 meta=ocp.args.JsonSave(meta)),
         metrics={"test_accuracy": float(meta["test_accuracy"])})
+    if not saved:
+      raise CheckpointError(
+          f"checkpoint {step} was not saved: {self.directory} already holds "
+          f"checkpoint(s) {self.all_steps()}, and a new one must have a higher step.")
 
   def read_meta(self, step: int) -> dict:
     try:
       return self._manager.restore(
           step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f"checkpoint {step} in {self.directory} is unreadable or corrupt "
-          f"({type(e).__name__}: {e}). Delete that step's folder to fall back "
-          "to an earlier one, or use a new --workdir.") from e
+      raise DamagedCheckpointError(
+          f"checkpoint {step} in {self.directory} is damaged ({short_reason(e)}).") from e
 
   def best_step(self) -> int | None:
     steps = self.all_steps()
@@ -78,36 +178,90 @@ class Checkpointer:
     return max(steps, key=lambda s: (self.read_meta(s)["test_accuracy"], s))
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
-    """Restores checkpoint `step` into the structure of `abstract_state`."""
+    """Restores checkpoint `step` into the structure of `abstract_state`.
+
+    `abstract_state` may hold arrays or `jax.ShapeDtypeStruct`s. Identity
+    entries that the checkpoint does not record (older checkpoints) are not
+    compared.
+    """
     if step not in self.all_steps():
       raise CheckpointError(
           f"no checkpoint {step} in {self.directory}; there are "
           f"{self.all_steps() or 'none'}.")
     meta = self.read_meta(step)
     saved = meta.get("identity", {})
-    mismatched = {k: (saved.get(k), v) for k, v in self.identity.items()
-                  if saved.get(k) != v}
+    mismatched = {k: (saved[k], v) for k, v in self.identity.items()
+                  if k in saved and saved[k] != v}
     if mismatched:
       detail = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}"
                          for k, (a, b) in sorted(mismatched.items()))
       raise CheckpointError(
           f"the checkpoints in {self.directory} were written by another "
-          f"model or dataset ({detail}). Use a new --workdir, or set the "
-          "config to match the checkpoint.")
+          f"model, dataset or batch size ({detail}). Use a new --workdir, or "
+          "set the config to match the checkpoint.")
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     try:
       restored = self._manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f"checkpoint {step} in {self.directory} could not be restored "
-          f"({type(e).__name__}: {e}). It is corrupt or from an incompatible "
-          "version: delete that step's folder to fall back to an earlier one, "
-          "or use a new --workdir.") from e
+      _drop_restore_aftermath()
+      difference = self._difference(step, target)
+      if difference:
+        raise CheckpointError(
+            f"checkpoint {step} in {self.directory} holds other arrays than this "
+            f"model ({difference}): it was written by another version of the model "
+            "code. Use a new --workdir, or the code that wrote it.") from e
+      raise DamagedCheckpointError(
+          f"checkpoint {step} in {self.directory} is damaged ({short_reason(e)}).") from e
     return restored["state"], meta
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
+  def _difference(self, step: int, target: Any) -> str | None:
+    """How checkpoint `step`'s arrays differ from `target`'s; None if they match or are unreadable."""
+    try:
+      saved = ocp.StandardCheckpointHandler().metadata(
+          epath.Path(self.directory) / str(step) / "state").tree
+    except Exception:  # pylint: disable=broad-except
+      return None  # unreadable: damaged
+    saved, wanted = _array_shapes(saved), _array_shapes(target)
+    for path in sorted(set(saved) | set(wanted)):
+      if saved.get(path) != wanted.get(path):
+        return (f"{'/'.join(path)}: checkpoint {saved.get(path, 'has none')}, "
+                f"model {wanted.get(path, 'has none')}")
+    return None
+
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+    """(step, state, meta) of the newest checkpoint that can be read; None when there is none.
+
+    Each damaged checkpoint on the way is moved to `checkpoints_damaged/`
+    (out of the manager's sight, so that later saves number on from the one
+    restored), with a warning that says so. A checkpoint of another run is
+    refused (CheckpointError).
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state, meta = self.restore(step, abstract_state)
+        return step, state, meta
+      except DamagedCheckpointError as e:
+        moved = self._set_aside(step)
+        earlier = [s for s in self.all_steps() if s < step]
+        logging.warning(
+            "%s Moved it to %s; %s", e, moved,
+            f"falling back to checkpoint {max(earlier)}." if earlier else
+            "no earlier checkpoint is left: training starts from scratch.")
+    return None
+
+  def _set_aside(self, step: int) -> str:
+    """Moves checkpoint `step` to `checkpoints_damaged/<step>[.n]`; returns the new path."""
+    target = os.path.join(self.damaged_directory, str(step))
+    if jax.process_index() == 0:
+      os.makedirs(self.damaged_directory, exist_ok=True)
+      suffix = 0
+      while os.path.exists(target):
+        suffix += 1
+        target = os.path.join(self.damaged_directory, f"{step}.{suffix}")
+      os.rename(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()
+    return target
 
   def close(self) -> None:
     self._manager.close()

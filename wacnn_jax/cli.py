@@ -7,6 +7,7 @@ import os
 import runpy
 import sys
 import traceback
+from typing import NoReturn
 
 from absl import flags
 from absl import logging
@@ -14,11 +15,14 @@ import ml_collections
 
 from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
+from wacnn_jax import train
+from wacnn_jax import workdirs
 
 MODES = ("train", "evaluate")
 # Errors that describe a problem with the user's input: shown as one message.
 USER_ERRORS = (ValueError, FileNotFoundError, input_pipeline.DatasetError,
-               checkpointing.CheckpointError)
+               checkpointing.CheckpointError, workdirs.WorkdirError,
+               train.DivergenceError)
 
 
 # INFO records of these libraries (Orbax's ~40 lines per checkpoint save, JAX's
@@ -60,15 +64,26 @@ def _config_path(argv) -> str | None:
   return None
 
 
+def _exit_with_usage_error(message: str) -> NoReturn:
+  sys.stderr.write(f"error: {message}\n")
+  sys.exit(2)
+
+
 def parse_flags(argv):
-  """`app.run` flags parser: a bad `--config.x=y` gives the valid keys, not a traceback."""
+  """`app.run` flags parser: a bad command line is one `error:` line on stderr and exit status 2.
+
+  (absl prints nothing itself for a custom parser's errors.) A bad
+  `--config.x=y` also lists the valid keys.
+  """
+  path = _config_path(argv)
+  if path is not None and not os.path.isfile(path):
+    _exit_with_usage_error(f"--config {path}: no such file.")
   try:
-    return flags.FLAGS(argv)
-  except flags.Error:
-    raise  # absl prints these itself, with usage
+    remaining = flags.FLAGS(argv)
+  except flags.Error as e:  # a bad value, an unknown or a missing flag
+    _exit_with_usage_error(" ".join(str(e).split()))
   except Exception as e:  # pylint: disable=broad-except
     message = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"')
-    path = _config_path(argv)
     valid = ""
     if path and os.path.exists(path):
       try:
@@ -76,16 +91,20 @@ def parse_flags(argv):
         valid = "\nValid keys: " + ", ".join(flatten_keys(config))
       except Exception:  # pylint: disable=broad-except
         pass
-    sys.stderr.write(
-        f"error: bad config override ({type(e).__name__}: {message}).{valid}\n")
-    sys.exit(2)
+    _exit_with_usage_error(f"bad config override ({type(e).__name__}: {message}).{valid}")
+  if len(remaining) > 1:
+    _exit_with_usage_error(f"unexpected arguments {remaining[1:]}; every option is a --flag.")
+  return remaining
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Runs `config.mode` in `workdir`; returns the process exit code."""
+  """Runs `config.mode` in `workdir`; returns the process exit code.
+
+  A user error (USER_ERRORS) is one `error:` line on stderr, exit code 1, and
+  its traceback in `workdir/error.log` where the workdir can take it.
+  """
   try:
     if config.mode == "train":
-      from wacnn_jax import train  # pylint: disable=g-import-not-at-top
       train.train_and_evaluate(config, workdir)
     elif config.mode == "evaluate":
       from wacnn_jax import evaluate  # pylint: disable=g-import-not-at-top
@@ -93,14 +112,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     else:
       raise ValueError(f"unknown mode {config.mode!r}; use one of {MODES}.")
   except USER_ERRORS as e:
-    os.makedirs(workdir, exist_ok=True)
-    log_path = os.path.join(workdir, "error.log")
-    with open(log_path, "w") as f:
-      traceback.print_exc(file=f)
-    logging.error("%s", e)
-    sys.stderr.write(f"error: {e}\n(full traceback in {log_path})\n")
+    note = _write_error_log(e, workdir)
+    sys.stderr.write(f"error: {e}{' ' + note if note else ''}\n")
     return 1
   return 0
+
+
+def _write_error_log(error: BaseException, workdir: str) -> str:
+  """Writes `error`'s traceback to `workdir/error.log`; returns a note on where it went.
+
+  Not for a WorkdirError (the workdir is unusable, or another run's), and
+  never raises: the error being reported may be that the workdir cannot be written.
+  """
+  if isinstance(error, workdirs.WorkdirError):
+    return ""
+  log_path = os.path.join(workdir, "error.log")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(log_path, "w") as f:
+      traceback.print_exception(error, file=f)
+  except OSError as e:
+    return f"(no error.log: {e.strerror or e})"
+  return f"(traceback in {log_path})"
 
 
 def main(app, main_fn) -> int:

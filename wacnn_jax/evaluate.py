@@ -40,6 +40,7 @@ import numpy as np
 from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
 from wacnn_jax import train
+from wacnn_jax import workdirs
 
 NOISE_CONVENTION = (
     "Corruptions act on the uint8 test images before normalisation and return "
@@ -183,8 +184,8 @@ def restore_checkpoint(config, workdir: str, step: int | None = None,
                        dataset: input_pipeline.Dataset | None = None) -> Restored:
   """Restores checkpoint `step` (default `config.checkpoint_step`; -1 = best) of `workdir`.
 
-  Raises CheckpointError when there is no such checkpoint or it belongs to
-  another model or dataset.
+  Raises CheckpointError when there is no such checkpoint, it cannot be read,
+  or it belongs to another model or other classes.
   """
   # The checkpoints are looked up before the (slow) dataset is read.
   checkpoints = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
@@ -207,6 +208,11 @@ def restore_checkpoint(config, workdir: str, step: int | None = None,
     model = train.create_model(config, dataset.num_classes)
     checkpoints.identity = train.checkpoint_identity(config, dataset)
     state, meta = checkpoints.restore(int(step), abstract_train_state(config, model, dataset))
+  except checkpointing.DamagedCheckpointError as e:
+    raise checkpointing.DamagedCheckpointError(
+        f"{e} Evaluate another with --config.checkpoint_step (there are "
+        f"{checkpoints.all_steps()}); training on in this workdir sets damaged "
+        "checkpoints aside.") from e
   finally:
     checkpoints.close()
   return Restored(config, state, int(step), meta, dataset,
@@ -287,14 +293,16 @@ def _dataset_name(config) -> str:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
                         devices=None, dataset: input_pipeline.Dataset | None = None,
                         verbose: bool = True) -> dict:
-  """Evaluates a checkpoint of `workdir` and writes eval.json and confusion.png there.
+  """Evaluates a checkpoint of `workdir`, prints the results, writes eval.json and confusion.png.
 
+  A failure to write (WorkdirError) comes after the results are printed.
   Returns the eval.json content: step, epoch, loss, accuracy, top5_accuracy,
   count, per_class_accuracy, confusion (true rows x predicted columns),
   class_names, and "noise" (a list of {corruption, strength, accuracy,
   top5_accuracy, loss, count}) when `config.eval.noise`.
   """
   from wacnn_jax import visualize  # pylint: disable=g-import-not-at-top
+  train.validate_config(config)
   pairs = sweep_from_config(config.eval) if config.eval.noise else []  # validate first
   restored = restore_checkpoint(config, workdir, dataset=dataset)
   dataset = restored.dataset
@@ -315,22 +323,26 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
 
   if jax.process_index() != 0:  # multi-host: every host evaluated; one writes
     return result
-  figures = [visualize.save_figure(
-      visualize.confusion_figure(
-          result["confusion"], dataset.class_names,
-          title=f"{config.model.arch} + {config.model.attention}, step {restored.step}: "
-          f"top-1 {result['accuracy']:.4f}"),
-      os.path.join(workdir, "confusion.png"))]
-  if config.eval.visualize:
-    images, labels = visualize.pick_images(dataset.test)
-    figures += visualize.save_model_figures(
-        restored.model, restored.variables, images, labels, dataset.class_names, workdir,
-        baseline_layers=wa_twin_layers(config, dataset))
-  result["figures"] = [os.path.basename(f) for f in figures]
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=1)
   if verbose:
     print(format_results(result), flush=True)
+  try:
+    figures = [visualize.save_figure(
+        visualize.confusion_figure(
+            result["confusion"], dataset.class_names,
+            title=f"{config.model.arch} + {config.model.attention}, step {restored.step}: "
+            f"top-1 {result['accuracy']:.4f}"),
+        os.path.join(workdir, "confusion.png"))]
+    if config.eval.visualize:
+      images, labels = visualize.pick_images(dataset.test)
+      figures += visualize.save_model_figures(
+          restored.model, restored.variables, images, labels, dataset.class_names, workdir,
+          baseline_layers=wa_twin_layers(config, dataset))
+    result["figures"] = [os.path.basename(f) for f in figures]
+    workdirs.write_atomically(os.path.join(workdir, "eval.json"), json.dumps(result, indent=1))
+  except OSError as e:
+    raise workdirs.WorkdirError(
+        f"cannot write the evaluation files to {workdir} ({e.strerror or e})"
+        f"{'; the results are printed above' if verbose else ''}.") from e
   return result
 
 

@@ -8,6 +8,9 @@ CIFAR-sized datasets fit in accelerator memory, so the pipeline is two steps:
      `image`/`label` features), or
    - an image folder `root/{train,test}/<label>/*.jpg|jpeg|png` (the layout of
      `tfds.folder_dataset.ImageFolder`), or a `.tar`/`.tar.gz` archive of one.
+     A file that Pillow cannot decode is refused, not skipped (the error names
+     it and counts the others), so that a run never trains on a silently
+     smaller dataset.
 2. `augment_batch` / `normalize` run inside the jitted train and eval steps:
    zero-pad 4, random crop, random horizontal flip, then per-channel
    normalisation with the CIFAR mean and standard deviation (the reference's).
@@ -31,6 +34,7 @@ from typing import Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL
 from PIL import Image
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -117,25 +121,48 @@ def load_dataset(data_config) -> Dataset:
 # ---------------------------------------------------------------------------
 
 
-def _decode_image(data: bytes) -> np.ndarray:
-  with Image.open(io.BytesIO(data)) as image:
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+def _decode_image(data: bytes) -> np.ndarray | str:
+  """uint8 (H, W, 3) pixels, or why `data` is not a readable image."""
+  if not data:
+    return "empty file"
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      return np.asarray(image.convert("RGB"), dtype=np.uint8)
+  except PIL.UnidentifiedImageError:
+    return "not an image format Pillow reads"
+  except Exception as e:  # pylint: disable=broad-except
+    return f"{type(e).__name__}: {e}"
 
 
-def _stack_split(name: str, items: Sequence[tuple[str, bytes]],
-                 class_names: Sequence[str], where: str) -> Split:
-  """Decodes (label_name, encoded bytes) pairs into a Split."""
+def _stack_splits(items: dict[str, Sequence[tuple[str, str, bytes]]],
+                  class_names: Sequence[str], where: str) -> dict[str, Split]:
+  """Decodes {split: [(label_name, file name, encoded bytes)]} into {split: Split}.
+
+  Raises DatasetError naming the first file (in split order) that does not
+  decode, and counting the others.
+  """
   class_index = {c: i for i, c in enumerate(class_names)}
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-    images = list(pool.map(_decode_image, [data for _, data in items]))
-  shapes = {im.shape for im in images}
-  if len(shapes) != 1:
+    images = {split: list(pool.map(_decode_image, [data for _, _, data in triples]))
+              for split, triples in items.items()}
+  bad = [(file_name, image) for split, triples in items.items()
+         for (_, file_name, _), image in zip(triples, images[split]) if isinstance(image, str)]
+  if bad:
+    more = f" (and {len(bad) - 1} more bad file(s))" if len(bad) > 1 else ""
     raise DatasetError(
-        f"images of split {name!r} in {where} have different sizes "
-        f"{sorted(shapes)[:4]}; resize them all to one size (32x32 for the "
-        "CIFAR models) first.")
-  labels = np.array([class_index[label] for label, _ in items], np.int32)
-  return Split(np.stack(images), labels)
+        f"cannot decode {bad[0][0]} in {where}: {bad[0][1]}{more}. Remove or "
+        "replace the file(s); an image folder must hold only readable JPEG/PNG images.")
+  result = {}
+  for split, triples in items.items():
+    shapes = {im.shape for im in images[split]}
+    if len(shapes) != 1:
+      raise DatasetError(
+          f"images of split {split!r} in {where} have different sizes "
+          f"{sorted(shapes)[:4]}; resize them all to one size (32x32 for the "
+          "CIFAR models) first.")
+    labels = np.array([class_index[label] for label, _, _ in triples], np.int32)
+    result[split] = Split(np.stack(images[split]), labels)
+  return result
 
 
 def _group_by_split(entries: Iterable[tuple[str, str, str]]):
@@ -189,11 +216,10 @@ def read_image_folder(path: str, splits=("train", "test")) -> Dataset:
       with open(file_path, "rb") as f:
         return f.read()
 
-    result = {}
-    for split in splits:
-      items = [(label, read(p)) for label in sorted(tree[split])
-               for p in tree[split][label]]
-      result[split] = _stack_split(split, items, class_names, path)
+    result = _stack_splits(
+        {split: [(label, os.path.relpath(p, path), read(p)) for label in sorted(tree[split])
+                 for p in tree[split][label]] for split in splits},
+        class_names, path)
   elif path.endswith(_ARCHIVE_SUFFIXES):
     result, class_names = _read_image_archive(path, splits)
   else:
@@ -201,6 +227,8 @@ def read_image_folder(path: str, splits=("train", "test")) -> Dataset:
         f"data.image_folder={path!r} is neither a folder nor a "
         f"{'/'.join(_ARCHIVE_SUFFIXES)} archive.")
   name = os.path.basename(path.rstrip("/"))
+  for suffix in _ARCHIVE_SUFFIXES:  # an archive and its extracted folder: one name
+    name = name.removesuffix(suffix)
   return Dataset(name=name, train=result[splits[0]], test=result[splits[1]],
                  class_names=class_names)
 
@@ -226,11 +254,10 @@ def _read_image_archive(path: str, splits):
         break
   tree = _group_by_split(entries)
   class_names = _check_splits(tree, splits, path)
-  result = {}
-  for split in splits:
-    items = [(label, data[p]) for label in sorted(tree[split])
-             for p in sorted(tree[split][label])]
-    result[split] = _stack_split(split, items, class_names, path)
+  result = _stack_splits(
+      {split: [(label, p, data[p]) for label in sorted(tree[split])
+               for p in sorted(tree[split][label])] for split in splits},
+      class_names, path)
   return result, class_names
 
 

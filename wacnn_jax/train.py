@@ -11,14 +11,20 @@ it inside the jitted function. The host only sends indices. A pmapped call runs
 Determinism: the epoch permutation comes from (seed, epoch) and every random
 key from `fold_in(state.rng, state.step)` (plus the device index), so a run
 resumed from a checkpoint ends with the same parameters as an uninterrupted one.
+
+Divergence: every step also reports whether it diverged (`DIVERGED_LOSS`), a
+flag computed on the device and read with the epoch's other metrics; an epoch
+with a diverged step stops the run before it is evaluated or saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
+import numbers
 import os
 import sys
 import time
@@ -37,8 +43,16 @@ import optax
 from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
 from wacnn_jax import models
+from wacnn_jax import workdirs
 
 AXIS_NAME = "batch"
+# A step diverged when its mean cross-entropy is not finite or above this (chance
+# level is log(num_classes): 2.3 for CIFAR-10), or its new parameters are not finite.
+DIVERGED_LOSS = 1e4
+
+
+class DivergenceError(RuntimeError):
+  """Training diverged; nothing of the epoch in which it happened was evaluated or saved."""
 
 
 class TrainState(train_state.TrainState):
@@ -51,6 +65,38 @@ class TrainState(train_state.TrainState):
 # ---------------------------------------------------------------------------
 # Model, optimiser and schedule from the config.
 # ---------------------------------------------------------------------------
+
+
+# The least value of each numeric config field (the type is the default's).
+NUMERIC_FIELD_MINIMUM = {
+    "seed": 0, "batch_size": 1, "eval_batch_size": 1, "num_epochs": 0,
+    "steps_per_dispatch": 0, "checkpoint_every_epochs": 1, "keep_checkpoints": 1,
+    "checkpoint_step": -1, "log_every_steps": 0,
+    "data.max_train_examples": 0, "data.max_test_examples": 0,
+    "optimizer.learning_rate": 0, "optimizer.momentum": 0, "optimizer.weight_decay": 0,
+    "schedule.decay": 0, "schedule.warmup_epochs": 0, "schedule.warmup_learning_rate": 0,
+}
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the numeric fields (`NUMERIC_FIELD_MINIMUM`, `schedule.boundaries`) before any work.
+
+  Raises ValueError naming the first bad field, e.g.
+  "checkpoint_every_epochs=0 is out of range: it must be a finite number >= 1".
+  """
+  def check(field, value, least):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+        or not math.isfinite(value) or value < least):
+      raise ValueError(f"{field}={value!r} is out of range: it must be a finite "
+                       f"number >= {least}.")
+
+  for field, least in NUMERIC_FIELD_MINIMUM.items():
+    value = config
+    for part in field.split("."):
+      value = value[part]
+    check(field, value, least)
+  for boundary in config.schedule.boundaries:
+    check("schedule.boundaries", boundary, 0)
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int,
@@ -156,7 +202,9 @@ def train_step(state: TrainState, images, labels, *, augment: bool,
                compute_dtype, learning_rate_fn):
   """One SGD step on a per-device batch of uint8 images (b, H, W, C), labels (b,).
 
-  Returns the new state and the step's metrics summed over all devices.
+  Returns the new state and the step's metrics summed over all devices, plus
+  the learning rate and `diverged` (bool: mean loss not finite or above
+  `DIVERGED_LOSS`, or new parameters not finite; the same on every device).
   """
   step_key = jax.random.fold_in(state.rng, state.step)
   device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS_NAME))
@@ -184,6 +232,11 @@ def train_step(state: TrainState, images, labels, *, augment: bool,
   }
   metrics = jax.lax.psum(metrics, AXIS_NAME)
   metrics["learning_rate"] = learning_rate_fn(state.step)
+  # NaN compares False, so a NaN loss counts as diverged. The squares overflow
+  # (to inf) only for parameters beyond ~1e19, diverged as well.
+  squares = sum(jnp.sum(jnp.square(p)) for p in jax.tree.leaves(new_state.params))
+  metrics["diverged"] = ~((metrics["loss_sum"] <= DIVERGED_LOSS * metrics["count"])
+                          & jnp.isfinite(squares))
   return new_state, metrics
 
 
@@ -459,15 +512,22 @@ class MetricsLog:
       self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def truncate_after(self, epoch: int) -> None:
-    """Drops records of epochs after `epoch` (written before a crash)."""
+    """Drops records of epochs after `epoch` (written before a crash), in one atomic rewrite.
+
+    A torn line (the process was killed while appending it) is dropped too.
+    """
     if not (self.enabled and os.path.exists(self.path)):
       return
+    kept = []
     with open(self.path) as f:
-      records = [json.loads(line) for line in f if line.strip()]
-    with open(self.path, "w") as f:
-      for record in records:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
         if record["epoch"] <= epoch:
-          f.write(json.dumps(record) + "\n")
+          kept.append(json.dumps(record) + "\n")
+    workdirs.write_atomically(self.path, "".join(kept))
 
   def write_epoch(self, record: dict) -> None:
     if not self.enabled:
@@ -505,28 +565,56 @@ def _progress_bar(total: int, description: str, enabled: bool):
 
 
 def checkpoint_identity(config, dataset: input_pipeline.Dataset) -> dict:
-  """What must match between a checkpoint and the config that restores it."""
+  """What must match between a checkpoint and any config restoring it: the model, its classes."""
   identity = {f"model.{k}": v for k, v in config.model.to_dict().items()}
   identity["num_classes"] = dataset.num_classes
+  identity["class_names"] = list(dataset.class_names)
   identity["image_shape"] = list(dataset.image_shape)
   return identity
+
+
+def resume_identity(config, dataset: input_pipeline.Dataset) -> dict:
+  """`checkpoint_identity` plus what must also match to train on from a checkpoint.
+
+  The dataset, and what fixes the steps of an epoch (the batch size and the
+  number of training examples): checkpoint steps, the learning-rate schedule
+  and the epochs' batches are all counted in them.
+  """
+  return dict(checkpoint_identity(config, dataset), dataset=dataset.name,
+              batch_size=config.batch_size,
+              **{"training examples (data.max_train_examples)": len(dataset.train)})
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices=None) -> TrainState:
   """Trains `config` on local `devices` (default: all), writing to `workdir`.
 
-  Resumes from the latest checkpoint in `workdir/checkpoints` if there is one.
-  Returns the final state (unreplicated, on the host).
+  Resumes from the newest readable checkpoint in `workdir/checkpoints` if
+  there is one (`Checkpointer.restore_latest`), holding the workdir's lock
+  (`workdirs.lock`) throughout. Returns the final state (unreplicated, on the
+  host); with no epoch left to train, the restored (or initial) state.
+
+  Problems the user can fix raise ValueError (a config field),
+  `workdirs.WorkdirError`, `input_pipeline.DatasetError`,
+  `checkpointing.CheckpointError` or `DivergenceError`, each with a message.
   """
+  validate_config(config)
   if config.distributed:
     jax.distributed.initialize()
   topology = Topology.current(devices)
   per_device_batch = topology.per_device_batch(config.batch_size)
-  primary = topology.process_index == 0
   create_model(config, num_classes=1)  # unknown arch/attention/...: fail before loading data
-  os.makedirs(workdir, exist_ok=True)
+  workdirs.prepare(workdir)
+  with contextlib.ExitStack() as cleanup:
+    if topology.process_index == 0:
+      cleanup.enter_context(workdirs.lock(workdir))
+    return _train(config, workdir, topology, per_device_batch, cleanup)
 
+
+def _train(config, workdir: str, topology: Topology, per_device_batch: int,
+           cleanup: contextlib.ExitStack) -> TrainState:
+  """`train_and_evaluate` in a prepared, locked workdir; `cleanup` closes what it opens."""
+  primary = topology.process_index == 0
   dataset = input_pipeline.load_dataset(config.data)
   steps_per_epoch = len(dataset.train) // config.batch_size
   if steps_per_epoch == 0:
@@ -535,25 +623,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f"({len(dataset.train)} examples); lower --config.batch_size.")
   model = create_model(config, dataset.num_classes)
   learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
-  state = create_train_state(config, model, dataset.image_shape,
-                             learning_rate_fn, jax.random.PRNGKey(config.seed))
+  initial_state = functools.partial(
+      create_train_state, config, model, dataset.image_shape, learning_rate_fn,
+      jax.random.PRNGKey(config.seed))
 
-  checkpoints = checkpointing.Checkpointer(
+  checkpoints = cleanup.enter_context(checkpointing.Checkpointer(
       workdir, keep=config.keep_checkpoints,
-      identity=checkpoint_identity(config, dataset))
+      identity=resume_identity(config, dataset)))
   metrics_log = MetricsLog(workdir, enabled=primary)
-  start_epoch, best_accuracy = 0, 0.0
-  latest = checkpoints.latest_step()
-  if latest is not None:
-    state, meta = checkpoints.restore(latest, state)
+  cleanup.callback(metrics_log.close)
+  start_epoch, best_accuracy, checkpoint_epoch = 0, 0.0, None
+  restored = checkpoints.restore_latest(jax.eval_shape(initial_state))
+  if restored is None:
+    state = initial_state()
+  else:
+    latest, state, meta = restored
     start_epoch, best_accuracy = meta["epoch"], meta["best_test_accuracy"]
-    metrics_log.truncate_after(start_epoch)
+    checkpoint_epoch = start_epoch
     logging.info("Resumed from %s/%d: epoch %d, best test accuracy %.4f",
                  checkpoints.directory, latest, start_epoch, best_accuracy)
+  # Records of epochs after the checkpoint (or of any epoch, without one) are
+  # from a run that stopped before saving them: they are trained again.
+  metrics_log.truncate_after(start_epoch)
+  if start_epoch >= config.num_epochs:
+    logging.warning(
+        "Nothing to train: %s", f"num_epochs={config.num_epochs}." if restored is None
+        else f"the checkpoint in {checkpoints.directory} is at epoch {start_epoch} "
+        f"and num_epochs={config.num_epochs}; raise --config.num_epochs to train on.")
+    return state
 
   if primary:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    workdirs.write_atomically(os.path.join(workdir, "config.json"),
+                              config.to_json_best_effort(indent=2))
     summary = model_summary(
         create_model(config, dataset.num_classes, axis_name=None),
         {"params": state.params, "batch_stats": state.batch_stats},
@@ -615,16 +716,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_seconds = time.perf_counter() - epoch_start - (compile_seconds[0] - compile_before)
     losses = np.concatenate([m["loss_sum"] / m["count"] for m in step_metrics])
     learning_rates = np.concatenate([m["learning_rate"] for m in step_metrics])
+    diverged = np.concatenate([m["diverged"] for m in step_metrics])
+    if diverged.any():
+      raise DivergenceError(divergence_message(
+          epoch, steps_per_epoch, int(np.argmax(diverged)), losses,
+          learning_rates, checkpoint_epoch, checkpoints.directory))
     seen = sum(int(m["count"].sum()) for m in step_metrics)
     train_loss = sum(float(m["loss_sum"].sum()) for m in step_metrics) / seen
     train_accuracy = sum(int(m["correct"].sum()) for m in step_metrics) / seen
 
     test = summarize_eval(unreplicate(p_eval(state, test_data)))
-    if not np.isfinite(train_loss):
-      raise FloatingPointError(
-          f"training diverged in epoch {epoch + 1} (train loss {train_loss}); "
-          "lower optimizer.learning_rate or check the data. The last good "
-          f"checkpoint is in {checkpoints.directory}.")
     best_accuracy = max(best_accuracy, test["accuracy"])
     record = {
         "epoch": epoch + 1,
@@ -654,12 +755,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     is_last = epoch + 1 == config.num_epochs
     if (is_last or (epoch + 1) % config.checkpoint_every_epochs == 0
         or test["accuracy"] >= best_accuracy):
+      host_state = unreplicate(state)
       checkpoints.save(
-          first_step + steps_per_epoch, unreplicate(state),
+          int(host_state.step), host_state,
           {"epoch": epoch + 1, "test_accuracy": test["accuracy"],
            "best_test_accuracy": best_accuracy})
+      checkpoint_epoch = epoch + 1
 
-  checkpoints.wait()
-  checkpoints.close()
-  metrics_log.close()
   return unreplicate(state)
+
+
+def divergence_message(epoch: int, steps_per_epoch: int, index: int, losses,
+                       learning_rates, checkpoint_epoch: int | None,
+                       checkpoint_directory: str) -> str:
+  """What `DivergenceError` says: step `index` (0-based) of `epoch` (0-based) diverged.
+
+  `losses` and `learning_rates` are the epoch's per-step values.
+  """
+  loss = float(losses[index])
+  if not math.isfinite(loss):
+    what = f"train loss {loss}"
+  elif loss > DIVERGED_LOSS:
+    what = f"train loss {loss:.3g}, above {DIVERGED_LOSS:g}"
+  else:
+    what = f"train loss {loss:.4g}, but the parameters became infinite or NaN"
+  saved = (f"the checkpoints up to epoch {checkpoint_epoch} in {checkpoint_directory} "
+           "are from before it" if checkpoint_epoch is not None else
+           "no checkpoint had been written")
+  return (f"training diverged at step {epoch * steps_per_epoch + index + 1} (epoch "
+          f"{epoch + 1}, step {index + 1} of {steps_per_epoch}): {what}. The run stopped "
+          f"before evaluating or saving epoch {epoch + 1}; {saved}. Lower "
+          f"optimizer.learning_rate (step {index + 1} used {float(learning_rates[index]):g}) "
+          "or check the data.")
