@@ -14,6 +14,14 @@ SHARED_ARCHIVE = os.path.join(REPO_ROOT, "..", "shared", "data", "cifar10-jpeg.t
 
 
 @pytest.fixture(scope="session")
+def subprocess_env(tmp_path_factory):
+  """Environment for tests' child processes: one persistent XLA compile cache per test session."""
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+@pytest.fixture(scope="session")
 def cifar10_archive():
   """Path of the shared CIFAR-10 JPEG archive; skips when ../shared is absent."""
   if not os.path.exists(SHARED_ARCHIVE):

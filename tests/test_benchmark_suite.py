@@ -34,8 +34,8 @@ def small_folder(tmp_path_factory):
   return str(root)
 
 
-def _suite_env():
-  env = dict(os.environ)
+def _suite_env(base):
+  env = dict(base)
   env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # python3 = this one
   return env
 
@@ -47,13 +47,13 @@ def _only_json(folder):
     return json.load(f)
 
 
-def test_gpu_suite_dry_run_measures_every_phase(tmp_path, small_folder):
+def test_gpu_suite_dry_run_measures_every_phase(tmp_path, small_folder, subprocess_env):
   out = tmp_path / "out"
   result = subprocess.run(
       ["bash", os.path.join("benchmarks", "gpu_suite.sh"), str(out), "600", small_folder,
        "--quick", "--full-run-workdir", str(tmp_path / "full_run"),
        "--phases", "train,full_run,peers,dwt,profile"],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env=_suite_env())
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env=_suite_env(subprocess_env))
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   raw = _only_json(out)
   assert raw["errors"] == [], raw["errors"]

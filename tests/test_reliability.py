@@ -49,11 +49,6 @@ runpy.run_path("run_train.py", run_name="__main__")
 NOISE = ("Traceback", "Event loop is closed", "Exception ignored", "tensorstore_spec")
 
 
-@pytest.fixture(scope="session")
-def xla_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("xla_cache"))
-
-
 def cli_command(workdir, folder, *overrides, script=None):
   """run_train.py's command line; `script` is (python code, its first argument) instead."""
   prefix = [sys.executable, "-c", *script] if script else [sys.executable, "run_train.py"]
@@ -62,15 +57,9 @@ def cli_command(workdir, folder, *overrides, script=None):
                    "--config.eval_batch_size=6", *overrides]
 
 
-def cli_env(xla_cache):
-  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=xla_cache,
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-
-
-def run_cli(xla_cache, workdir, folder, *overrides, script=None, timeout=300):
+def run_cli(subprocess_env, workdir, folder, *overrides, script=None, timeout=300):
   return subprocess.run(cli_command(workdir, folder, *overrides, script=script),
-                        cwd=REPO_ROOT, env=cli_env(xla_cache), capture_output=True,
+                        cwd=REPO_ROOT, env=subprocess_env, capture_output=True,
                         text=True, timeout=timeout)
 
 
@@ -111,10 +100,10 @@ def final_leaves(workdir, folder):
 
 
 @pytest.fixture(scope="module")
-def finished_run(xla_cache, synthetic_folder, tmp_path_factory):
+def finished_run(subprocess_env, synthetic_folder, tmp_path_factory):
   """An uninterrupted 2-epoch run (checkpoints 3 and 6); tests copy it before writing."""
   workdir = tmp_path_factory.mktemp("finished") / "run"
-  result = run_cli(xla_cache, workdir, synthetic_folder)
+  result = run_cli(subprocess_env, workdir, synthetic_folder)
   assert result.returncode == 0, result.stderr[-3000:]
   assert epochs(workdir) == [1, 2] and checkpoint_steps(workdir) == [3, 6]
   return str(workdir)
@@ -133,18 +122,18 @@ def run_copy(finished_run, tmp_path):
 
 
 def test_resume_with_another_batch_size_is_refused_and_a_resume_saves_on(
-    run_copy, synthetic_folder, xla_cache):
-  result = run_cli(xla_cache, run_copy, synthetic_folder, "--config.batch_size=9",
+    run_copy, synthetic_folder, subprocess_env):
+  result = run_cli(subprocess_env, run_copy, synthetic_folder, "--config.batch_size=9",
                    "--config.num_epochs=3")
   assert_one_error_line(result, "batch_size: checkpoint has 6, config has 9")
   assert os.path.exists(os.path.join(run_copy, "error.log"))
   assert epochs(run_copy) == [1, 2] and checkpoint_steps(run_copy) == [3, 6]
 
-  result = run_cli(xla_cache, run_copy, synthetic_folder, "--config.num_epochs=3")
+  result = run_cli(subprocess_env, run_copy, synthetic_folder, "--config.num_epochs=3")
   assert result.returncode == 0, result.stderr[-3000:]
   assert epochs(run_copy) == [1, 2, 3] and checkpoint_steps(run_copy) == [3, 6, 9]
 
-  result = run_cli(xla_cache, run_copy, synthetic_folder, "--config.num_epochs=3")
+  result = run_cli(subprocess_env, run_copy, synthetic_folder, "--config.num_epochs=3")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Nothing to train" in result.stderr and "epoch 3" in result.stderr
   assert epochs(run_copy) == [1, 2, 3] and checkpoint_steps(run_copy) == [3, 6, 9]
@@ -184,18 +173,18 @@ def test_checkpoint_save_that_orbax_declines_is_an_error(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_a_second_run_in_a_locked_workdir_is_refused(tmp_path, synthetic_folder, xla_cache):
+def test_a_second_run_in_a_locked_workdir_is_refused(tmp_path, synthetic_folder, subprocess_env):
   workdir = str(tmp_path / "run")
   os.makedirs(workdir)
   with workdirs.lock(workdir):
-    result = run_cli(xla_cache, workdir, synthetic_folder)
+    result = run_cli(subprocess_env, workdir, synthetic_folder)
   assert_one_error_line(result, f"pid {os.getpid()} on host {socket.gethostname()}")
   assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
 
   # The lock file stays behind with this process's pid, but the lock itself
   # went with the `with` block: the next run is not blocked by it.
-  result = run_cli(xla_cache, workdir, synthetic_folder, "--config.num_epochs=0")
+  result = run_cli(subprocess_env, workdir, synthetic_folder, "--config.num_epochs=0")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Nothing to train: num_epochs=0" in result.stderr
   with workdirs.lock(workdir):  # released when that run ended
@@ -215,19 +204,19 @@ def test_lock_is_exclusive_within_a_process_too(tmp_path):
 
 
 def test_kill_9_during_checkpoints_resumes_bit_identically(tmp_path, synthetic_folder,
-                                                          xla_cache, finished_run):
+                                                          subprocess_env, finished_run):
   workdir = str(tmp_path / "run")
-  killed = run_cli(xla_cache, workdir, synthetic_folder, script=(KILL_AT_SAVE, "1"))
+  killed = run_cli(subprocess_env, workdir, synthetic_folder, script=(KILL_AT_SAVE, "1"))
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   assert epochs(workdir) == [1]  # written before the checkpoint
   assert checkpoint_steps(workdir) == []  # which never finished
 
   # Starts from scratch (epoch 1 is not appended twice), then dies while saving epoch 2.
-  killed = run_cli(xla_cache, workdir, synthetic_folder, script=(KILL_AT_SAVE, "2"))
+  killed = run_cli(subprocess_env, workdir, synthetic_folder, script=(KILL_AT_SAVE, "2"))
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   assert epochs(workdir) == [1, 2] and checkpoint_steps(workdir) == [3]
 
-  result = run_cli(xla_cache, workdir, synthetic_folder)  # resumes from epoch 1
+  result = run_cli(subprocess_env, workdir, synthetic_folder)  # resumes from epoch 1
   assert result.returncode == 0, result.stderr[-3000:]
   assert "Resumed from" in result.stderr
   assert epochs(workdir) == [1, 2]
@@ -238,27 +227,27 @@ def test_kill_9_during_checkpoints_resumes_bit_identically(tmp_path, synthetic_f
 
 
 @pytest.mark.slow
-def test_kill_9_anywhere_resumes_bit_identically(tmp_path, synthetic_folder, xla_cache):
+def test_kill_9_anywhere_resumes_bit_identically(tmp_path, synthetic_folder, subprocess_env):
   """A 6-epoch run killed at its first save and twice from outside ends bit-identical."""
   straight = str(tmp_path / "straight")
-  result = run_cli(xla_cache, straight, synthetic_folder, "--config.num_epochs=6")
+  result = run_cli(subprocess_env, straight, synthetic_folder, "--config.num_epochs=6")
   assert result.returncode == 0, result.stderr[-3000:]
 
   workdir = str(tmp_path / "killed")
-  killed = run_cli(xla_cache, workdir, synthetic_folder, "--config.num_epochs=6",
+  killed = run_cli(subprocess_env, workdir, synthetic_folder, "--config.num_epochs=6",
                    script=(KILL_AT_SAVE, "1"))
   assert killed.returncode == -signal.SIGKILL
   for kill_after_epochs in (2, 4):
     process = subprocess.Popen(
         cli_command(workdir, synthetic_folder, "--config.num_epochs=6"), cwd=REPO_ROOT,
-        env=cli_env(xla_cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while len(epochs(workdir)) < kill_after_epochs and process.poll() is None:
       assert time.monotonic() < deadline
       time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL  # killed, not finished
-  result = run_cli(xla_cache, workdir, synthetic_folder, "--config.num_epochs=6")
+  result = run_cli(subprocess_env, workdir, synthetic_folder, "--config.num_epochs=6")
   assert result.returncode == 0, result.stderr[-3000:]
   assert epochs(workdir) == [1, 2, 3, 4, 5, 6]
   for a, b in zip(final_leaves(straight, synthetic_folder),
@@ -291,7 +280,7 @@ def test_truncating_metrics_replaces_the_file_in_one_step(tmp_path, monkeypatch)
 # ---------------------------------------------------------------------------
 
 
-def test_corrupt_images_are_named(tmp_path, synthetic_folder, xla_cache):
+def test_corrupt_images_are_named(tmp_path, synthetic_folder, subprocess_env):
   folder = str(tmp_path / "images")
   shutil.copytree(synthetic_folder, folder)
   good = open(os.path.join(folder, "train", "ant", "000.jpg"), "rb").read()
@@ -301,15 +290,15 @@ def test_corrupt_images_are_named(tmp_path, synthetic_folder, xla_cache):
     f.write(np.random.default_rng(0).bytes(500))
   with open(os.path.join(folder, "test", "cat", "truncated.jpg"), "wb") as f:
     f.write(good[:len(good) // 2])
-  result = run_cli(xla_cache, tmp_path / "run", folder)
+  result = run_cli(subprocess_env, tmp_path / "run", folder)
   assert_one_error_line(result, f"cannot decode {os.path.join('train', 'ant', 'empty.jpg')}",
                         "empty file", "and 2 more bad file")
 
 
 def test_divergence_stops_at_its_step_before_evaluating_or_saving(tmp_path, synthetic_folder,
-                                                                  xla_cache):
+                                                                  subprocess_env):
   workdir = tmp_path / "run"
-  result = run_cli(xla_cache, workdir, synthetic_folder, "--config.optimizer.learning_rate=1e6")
+  result = run_cli(subprocess_env, workdir, synthetic_folder, "--config.optimizer.learning_rate=1e6")
   line = assert_one_error_line(result, "training diverged at step 2 (epoch 1, step 2 of 3)",
                                "no checkpoint had been written", "optimizer.learning_rate")
   assert "before evaluating or saving epoch 1" in line
@@ -330,17 +319,17 @@ def test_numeric_config_fields_are_checked(field, value):
     train.validate_config(config)
 
 
-def test_config_is_checked_and_workdir_prepared_before_any_data(tmp_path, xla_cache):
+def test_config_is_checked_and_workdir_prepared_before_any_data(tmp_path, subprocess_env):
   """One line each; the missing image folder is never reached."""
   missing = str(tmp_path / "no-such-folder")
-  result = run_cli(xla_cache, tmp_path / "a", missing, "--config.checkpoint_every_epochs=0")
+  result = run_cli(subprocess_env, tmp_path / "a", missing, "--config.checkpoint_every_epochs=0")
   assert_one_error_line(result, "checkpoint_every_epochs=0 is out of range")
 
   a_file = tmp_path / "a_file"
   a_file.write_text("")
-  result = run_cli(xla_cache, a_file, missing)
+  result = run_cli(subprocess_env, a_file, missing)
   assert_one_error_line(result, "is a file, not a directory")
-  result = run_cli(xla_cache, a_file, missing, "--config.mode=evaluate")
+  result = run_cli(subprocess_env, a_file, missing, "--config.mode=evaluate")
   assert_one_error_line(result, "no checkpoints in")
 
 
@@ -361,15 +350,15 @@ def read_only_dir(tmp_path):
   path.chmod(0o755)
 
 
-def test_read_only_workdir_is_one_line(read_only_dir, tmp_path, xla_cache):
-  result = run_cli(xla_cache, read_only_dir, tmp_path / "no-such-folder")
+def test_read_only_workdir_is_one_line(read_only_dir, tmp_path, subprocess_env):
+  result = run_cli(subprocess_env, read_only_dir, tmp_path / "no-such-folder")
   assert_one_error_line(result, "cannot write to --workdir")
 
 
 def test_evaluation_that_cannot_be_written_is_printed_first(run_copy, synthetic_folder,
-                                                            xla_cache):
+                                                            subprocess_env):
   os.makedirs(os.path.join(run_copy, "confusion.png"))  # nothing can be written there
-  result = run_cli(xla_cache, run_copy, synthetic_folder, "--config.mode=evaluate")
+  result = run_cli(subprocess_env, run_copy, synthetic_folder, "--config.mode=evaluate")
   assert_one_error_line(result, "cannot write the evaluation files", "printed above")
   assert "top-1 accuracy" in result.stdout and "per-class accuracy" in result.stdout
 
@@ -380,9 +369,9 @@ def test_evaluation_that_cannot_be_written_is_printed_first(run_copy, synthetic_
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_one_before(run_copy, synthetic_folder,
-                                                               xla_cache):
+                                                               subprocess_env):
   os.remove(os.path.join(run_copy, "checkpoints", "6", "state", "manifest.ocdbt"))
-  result = run_cli(xla_cache, run_copy, synthetic_folder, "--config.num_epochs=3")
+  result = run_cli(subprocess_env, run_copy, synthetic_folder, "--config.num_epochs=3")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "checkpoint 6 in" in result.stderr and "falling back to checkpoint 3" in result.stderr
   for noise in NOISE:
@@ -392,12 +381,12 @@ def test_damaged_latest_checkpoint_falls_back_to_the_one_before(run_copy, synthe
 
 
 def test_damaged_checkpoint_in_evaluate_mode_is_one_line(run_copy, synthetic_folder,
-                                                         xla_cache):
+                                                         subprocess_env):
   data = os.path.join(run_copy, "checkpoints", "6", "state", "ocdbt.process_0", "d")
   largest = max((os.path.join(data, f) for f in os.listdir(data)), key=os.path.getsize)
   with open(largest, "r+b") as f:
     f.write(np.random.default_rng(0).bytes(4096))
-  result = run_cli(xla_cache, run_copy, synthetic_folder, "--config.mode=evaluate",
+  result = run_cli(subprocess_env, run_copy, synthetic_folder, "--config.mode=evaluate",
                    "--config.checkpoint_step=6")
   assert_one_error_line(result, "checkpoint 6 in", "is damaged", "there are [3, 6]")
 

@@ -30,9 +30,9 @@ def tiny_folder(tmp_path_factory):
   return str(root)
 
 
-def _cli(*args, timeout=600):
+def _cli(env, *args, timeout=600):
   return subprocess.run([sys.executable, "-m", "wacnn_jax.reproduce", *args], cwd=REPO_ROOT,
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def _invocations(results, cell, seed):
@@ -40,17 +40,17 @@ def _invocations(results, cell, seed):
     return json.load(f)
 
 
-def test_grid_in_pieces_then_complete_then_skipped(tmp_path, tiny_folder):
+def test_grid_in_pieces_then_complete_then_skipped(tmp_path, tiny_folder, subprocess_env):
   results = str(tmp_path / "results")
   common = ["--archs", "resnet18", "--attentions", "none,wa", "--seeds", "2", "--data",
             tiny_folder, "--results", results] + [a for o in TINY for a in ("--set", o)]
   # 1. A budget too short for a whole run: the first run is stopped at the deadline.
-  first = _cli(*common, "--budget", "4", "--min-run-seconds", "1")
+  first = _cli(subprocess_env, *common, "--budget", "2", "--min-run-seconds", "1")
   assert first.returncode == 0, first.stderr[-2000:]
   assert [i["outcome"] for i in _invocations(results, "resnet18-none", 0)] == ["stopped"]
   assert not os.path.exists(os.path.join(results, "cifar10", "resnet18-wa"))
   # 2. No budget: everything missing runs, the stopped run included.
-  second = _cli(*common)
+  second = _cli(subprocess_env, *common)
   assert second.returncode == 0, second.stderr[-2000:]
   readme = open(os.path.join(results, "cifar10", "README.md")).read()
   assert "| resnet18 | none | 2/2 | 1 |" in readme and "| resnet18 | wa | 2/2 | 1 |" in readme
@@ -63,7 +63,7 @@ def test_grid_in_pieces_then_complete_then_skipped(tmp_path, tiny_folder):
   assert run.complete and run.flops > 0
   assert run.params == 272_474 - 7 * (64 + 1)  # resnet18-WA with 3 classes instead of 10
   # 3. Nothing left to do: no run starts.
-  third = _cli(*common, "--budget", "0")
+  third = _cli(subprocess_env, *common, "--budget", "0")
   assert third.returncode == 0
   for cell in ("resnet18-none", "resnet18-wa"):
     for seed in (0, 1):
@@ -71,16 +71,16 @@ def test_grid_in_pieces_then_complete_then_skipped(tmp_path, tiny_folder):
   assert len(_invocations(results, "resnet18-wa", 1)) == 1
 
 
-def test_budget_too_small_starts_nothing(tmp_path, tiny_folder):
-  result = _cli("--archs", "resnet18", "--attentions", "wa", "--seeds", "1", "--data",
-                tiny_folder, "--results", str(tmp_path), "--budget", "0")
+def test_budget_too_small_starts_nothing(tmp_path, tiny_folder, subprocess_env):
+  result = _cli(subprocess_env, "--archs", "resnet18", "--attentions", "wa", "--seeds", "1",
+                "--data", tiny_folder, "--results", str(tmp_path), "--budget", "0")
   assert result.returncode == 0
   assert "stopping before resnet18-wa seed 0" in result.stdout
   assert not os.path.exists(tmp_path / "cifar10" / "resnet18-wa" / "seed0")
 
 
-def test_missing_data_is_one_line():
-  result = _cli("--data", "/nonexistent/folder")
+def test_missing_data_is_one_line(subprocess_env):
+  result = _cli(subprocess_env, "--data", "/nonexistent/folder")
   assert result.returncode == 2 and "does not exist" in result.stderr
   assert "Traceback" not in result.stderr
 
