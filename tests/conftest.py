@@ -55,18 +55,31 @@ def cifar10_small(cifar10_archive, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def synthetic_folder(tmp_path_factory):
-  """A tiny folder of random PNG/JPEG images, 3 classes; no shared data needed."""
-  root = tmp_path_factory.mktemp("synthetic")
-  rng = np.random.default_rng(0)
-  for split, n in (("train", 6), ("test", 4)):
-    for label in ("cat", "ant", "bee"):
-      os.makedirs(root / split / label)
-      for i in range(n):
-        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-        ext = "png" if i % 2 else "jpg"
-        Image.fromarray(pixels).save(root / split / label / f"{i:03d}.{ext}")
-  return str(root)
+def random_image_folder(tmp_path_factory):
+  """Factory: `make(train, test)` writes a folder of random 32x32 images, 3 classes.
+
+  `train` / `test` images per class, alternately JPEG and PNG; no shared data needed.
+  """
+
+  def make(train: int, test: int) -> str:
+    root = tmp_path_factory.mktemp("random_images")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("test", test)):
+      for label in ("cat", "ant", "bee"):
+        os.makedirs(root / split / label)
+        for i in range(n):
+          pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+          ext = "png" if i % 2 else "jpg"
+          Image.fromarray(pixels).save(root / split / label / f"{i:03d}.{ext}")
+    return str(root)
+
+  return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_folder(random_image_folder):
+  """A tiny folder of random PNG/JPEG images: 6 train and 4 test per class, 3 classes."""
+  return random_image_folder(6, 4)
 
 
 # ---------------------------------------------------------------------------

@@ -10,28 +10,17 @@ import os
 import subprocess
 import sys
 
-import numpy as np
-from PIL import Image
 import pytest
 
 from tests.conftest import REPO_ROOT
 
-sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
-from benchmarks import throughput  # pylint: disable=wrong-import-position
+from benchmarks import throughput
 
 
 @pytest.fixture(scope="module")
-def small_folder(tmp_path_factory):
-  """96 train / 24 test random images in 3 classes: enough for configs/smoke.py's batch 64."""
-  root = tmp_path_factory.mktemp("suite_data")
-  rng = np.random.default_rng(0)
-  for split, n in (("train", 32), ("test", 8)):
-    for label in ("ant", "bee", "cat"):
-      os.makedirs(root / split / label)
-      for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-            root / split / label / f"{i:03d}.png")
-  return str(root)
+def small_folder(random_image_folder):
+  """96 train / 24 test images: enough for configs/smoke.py's batch 64."""
+  return random_image_folder(32, 8)
 
 
 def _suite_env(base):

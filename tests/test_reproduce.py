@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
 import pytest
 from scipy import stats
 
@@ -18,16 +17,8 @@ TINY = ["num_epochs=1", "batch_size=32", "eval_batch_size=16", "data.max_train_e
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-  root = tmp_path_factory.mktemp("reproduce_data")
-  rng = np.random.default_rng(0)
-  for split, n in (("train", 24), ("test", 6)):
-    for label in ("ant", "bee", "cat"):
-      os.makedirs(root / split / label)
-      for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
-            root / split / label / f"{i:03d}.png")
-  return str(root)
+def tiny_folder(random_image_folder):
+  return random_image_folder(24, 6)
 
 
 def _cli(env, *args, timeout=600):
