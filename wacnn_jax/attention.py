@@ -6,12 +6,13 @@ input's shape and dtype, re-weighted. `dtype` is the compute dtype (e.g.
 bfloat16); parameters are always float32.
 
 This module also holds the two settings the whole network shares with CBAM's
-spatial gate: PyTorch's default initialiser and the BatchNorm factory
-(`models.layers` re-exports them, so they are written once).
+spatial gate: PyTorch's default initialiser and BatchNorm (`models.layers`
+re-exports them, so they are written once).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -26,18 +27,73 @@ torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"
 
 BN_MOMENTUM = 0.9  # = PyTorch momentum 0.1
 BN_EPSILON = 1e-5
+# The reference's CBAM builds its spatial gate's BatchNorm2d with momentum 0.01.
+CBAM_BN_MOMENTUM = 0.99
 
 
-def batch_norm(train: bool, *, dtype: Any = jnp.float32, axis_name: str | None = None,
-               name: str | None = None) -> nn.BatchNorm:
-  """BatchNorm as PyTorch's BatchNorm2d defaults: scale 1, bias 0, momentum 0.1, eps 1e-5.
+class BatchNorm(nn.Module):
+  """PyTorch's BatchNorm2d over the last (channel) axis: (..., C) -> (..., C).
+
+  Training: normalises with the batch mean and the biased batch variance over
+  every axis but the last (and over the devices of `axis_name`), and updates
+  the running averages `mean <- m mean + (1 - m) batch_mean`, `var <- m var +
+  (1 - m) n / (n - 1) batch_var` with the unbiased variance, n = values per
+  channel in the whole (cross-device) batch, as PyTorch does; n = 1 is refused
+  as PyTorch refuses it. Evaluation: normalises with the running averages.
+  `y = (x - mean) / sqrt(var + epsilon) * scale + bias`.
+
+  `momentum` m in flax's convention (0.9 = PyTorch's momentum 0.1). Variables
+  float32: params `scale` (init 1) and `bias` (0); batch_stats `mean` (0) and
+  `var` (1). Statistics and normalisation run in at least float32 (batch
+  variance as E[x^2] - E[x]^2, clipped at 0, as flax's BatchNorm); the output
+  has dtype `dtype`.
+  """
+
+  use_running_average: bool
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    features = (x.shape[-1],)
+    scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    running_mean = self.variable("batch_stats", "mean", jnp.zeros, features, jnp.float32)
+    running_var = self.variable("batch_stats", "var", jnp.ones, features, jnp.float32)
+    if self.use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      stats = jnp.asarray(x, jnp.promote_types(self.dtype, jnp.float32))
+      moments = jnp.stack([stats.mean(axes), jnp.square(stats).mean(axes)])
+      count = math.prod(x.shape[:-1])
+      if self.axis_name is not None and not self.is_initializing():
+        moments = jax.lax.pmean(moments, self.axis_name)
+        count *= jax.lax.axis_size(self.axis_name)
+      mean = moments[0]
+      var = jnp.maximum(0.0, moments[1] - jnp.square(mean))
+      if not self.is_initializing():
+        if count < 2:
+          raise ValueError(f"BatchNorm in training needs more than 1 value per channel, "
+                           f"got input shape {x.shape}.")
+        m = self.momentum
+        running_mean.value = m * running_mean.value + (1 - m) * mean
+        running_var.value = m * running_var.value + (1 - m) * var * (count / (count - 1))
+    y = (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return jnp.asarray(y, self.dtype)
+
+
+def batch_norm(train: bool, *, momentum: float = BN_MOMENTUM, dtype: Any = jnp.float32,
+               axis_name: str | None = None, name: str | None = None) -> BatchNorm:
+  """`BatchNorm` (PyTorch's BatchNorm2d: scale 1, bias 0, momentum 0.1, eps 1e-5).
 
   Batch statistics in training, running averages otherwise; `axis_name`
-  averages the batch statistics across pmapped devices. Parameters float32.
+  averages the batch statistics across pmapped devices.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                      epsilon=BN_EPSILON, axis_name=axis_name, dtype=dtype,
-                      param_dtype=jnp.float32, name=name)
+  return BatchNorm(use_running_average=not train, momentum=momentum, dtype=dtype,
+                   axis_name=axis_name, name=name)
 
 
 def _dense(features: int, dtype: Any, name: str, use_bias: bool = True) -> nn.Dense:
@@ -100,7 +156,8 @@ class CBAM(nn.Module):
   mlp Dense C->C/r -> ReLU -> Dense C/r->C (biases). Spatial gate on the
   channel-gated x: [max, mean] over channels -> conv 7x7 2->1 (no bias, zero
   padding 3) -> BatchNorm -> sigmoid. Parameters: 2 C (C//r) + C//r + C + 98
-  + 2 (BN scale, bias). `train` and `axis_name` drive the BatchNorm.
+  + 2 (BN scale, bias). `train` and `axis_name` drive the BatchNorm, whose
+  momentum is the reference's 0.01 (PyTorch convention; CBAM_BN_MOMENTUM).
   """
 
   reduction: int = 4
@@ -120,8 +177,8 @@ class CBAM(nn.Module):
     s = nn.Conv(1, (7, 7), padding=((3, 3), (3, 3)), use_bias=False,
                 kernel_init=torch_default_init, dtype=self.dtype,
                 param_dtype=jnp.float32, name="spatial_conv")(pooled)
-    s = batch_norm(train, dtype=self.dtype, axis_name=self.axis_name,
-                   name="spatial_bn")(s)
+    s = batch_norm(train, momentum=CBAM_BN_MOMENTUM, dtype=self.dtype,
+                   axis_name=self.axis_name, name="spatial_bn")(s)
     return x * nn.sigmoid(s).astype(x.dtype)
 
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wacnn_jax.attention import WaveletAttention
+from wacnn_jax.attention import BatchNorm, WaveletAttention
 from wacnn_jax.models import layers
 
 BASIC_DEPTHS = {"resnet18": (3, 3, 3), "resnet34": (5, 5, 5), "resnet50": (9, 9, 9),
@@ -44,7 +44,7 @@ class _Block(nn.Module):
 
   expansion: ClassVar[int] = 1
 
-  def _bn(self, train: bool, name: str) -> nn.BatchNorm:
+  def _bn(self, train: bool, name: str) -> BatchNorm:
     return layers.batch_norm(train, dtype=self.dtype, axis_name=self.axis_name, name=name)
 
 
