@@ -10,6 +10,11 @@ SE/CBAM/ECA/GC sit after each block's last BN, before the addition. WA
 (`wavelet_downsample`) replaces a block's stride: `out, ll = WA(x)`, the
 block's strided convolution runs at stride 1 on `out` and the shortcut is
 conv1x1 stride 1 + BN on `ll`; the parameter count does not change.
+
+Init as the reference, which leaves every layer at PyTorch's default: conv
+kernels U(+-1/sqrt(fan_in)) (fan_in = Cin * k * k), classifier kernel and bias
+U(+-1/sqrt(width)), BatchNorm scale 1 / bias 0 (attention modules: see
+wacnn_jax.attention).
 """
 
 from __future__ import annotations
@@ -145,5 +150,5 @@ class CifarResNet(nn.Module):
             attention_param=self.attention_param, dtype=self.dtype,
             axis_name=self.axis_name, name=f"stage{stage}_block{index}")(x, train)
     x = layers.global_average_pool(x)
-    x = layers.dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+    x = layers.linear(self.num_classes, x, dtype=self.dtype, name="classifier")
     return x.astype(jnp.float32)
