@@ -111,10 +111,11 @@ class BatchNorm(nn.Module):
 
 def batch_norm(train: bool, *, momentum: float = BN_MOMENTUM, dtype: Any = jnp.float32,
                axis_name: str | None = None, name: str | None = None) -> BatchNorm:
-  """`BatchNorm` (PyTorch's BatchNorm2d: scale 1, bias 0, momentum 0.1, eps 1e-5).
+  """`BatchNorm` (PyTorch's BatchNorm2d: scale 1, bias 0, eps 1e-5, momentum 0.1).
 
   Batch statistics in training, running averages otherwise; `axis_name`
-  averages the batch statistics across pmapped devices.
+  averages the batch statistics across pmapped devices. `momentum` in flax's
+  convention, default BN_MOMENTUM (= PyTorch's 0.1).
   """
   return BatchNorm(use_running_average=not train, momentum=momentum, dtype=dtype,
                    axis_name=axis_name, name=name)
