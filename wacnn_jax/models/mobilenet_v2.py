@@ -11,6 +11,11 @@ ReLU -> depthwise conv3x3(s) -> BN -> ReLU -> conv1x1 project -> BN ->
 channels change). With `wavelet_downsample`, a stride-2 block runs WA (its
 `out`) on the expanded features and then a stride-1 depthwise conv3x3, so the
 parameter count does not change.
+
+Init as the reference, which leaves every layer at PyTorch's default: conv
+kernels U(+-1/sqrt(fan_in)) (fan_in = Cin / groups * k * k, so 9 for the
+depthwise convs), classifier kernel and bias U(+-1/sqrt(1280)), BatchNorm
+scale 1 / bias 0 (attention modules: see wacnn_jax.attention).
 """
 
 from __future__ import annotations
@@ -94,5 +99,5 @@ class MobileNetV2(nn.Module):
             axis_name=self.axis_name, name=f"stage{stage}_block{index}")(x, train)
     x = nn.relu(bn("head_bn")(layers.conv(1280, 1, dtype=self.dtype, name="head_conv")(x)))
     x = nn.avg_pool(x, (4, 4), strides=(4, 4)).reshape(x.shape[0], -1)
-    x = layers.dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+    x = layers.linear(self.num_classes, x, dtype=self.dtype, name="classifier")
     return x.astype(jnp.float32)

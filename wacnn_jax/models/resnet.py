@@ -10,6 +10,11 @@ SE/CBAM/ECA/GC sit after each block's last BN, before the addition. WA
 (`wavelet_downsample`) replaces a block's stride: `out, ll = WA(x)`, the
 block's strided convolution runs at stride 1 on `out` and the shortcut is
 conv1x1 stride 1 + BN on `ll`; the parameter count does not change.
+
+Init as the reference, which leaves every layer at PyTorch's default: conv
+kernels U(+-1/sqrt(fan_in)) (fan_in = Cin * k * k), classifier kernel and bias
+U(+-1/sqrt(width)), BatchNorm scale 1 / bias 0 (attention modules: see
+wacnn_jax.attention).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any, ClassVar, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wacnn_jax.attention import WaveletAttention
+from wacnn_jax.attention import BatchNorm, WaveletAttention
 from wacnn_jax.models import layers
 
 BASIC_DEPTHS = {"resnet18": (3, 3, 3), "resnet34": (5, 5, 5), "resnet50": (9, 9, 9),
@@ -31,7 +36,7 @@ STAGE_WIDTHS = (16, 32, 64)
 
 class _Block(nn.Module):
   """Fields shared by BasicBlock and Bottleneck (their shared entry, WA, is `_enter`;
-  their shared exit, attention + shortcut + ReLU, is `_residual`)."""
+  their shared exit, attention + shortcut + ReLU, is `_residual`; BatchNorm `_bn`)."""
 
   features: int
   strides: int = 1
@@ -44,8 +49,11 @@ class _Block(nn.Module):
 
   expansion: ClassVar[int] = 1
 
-  def _bn(self, train: bool, name: str) -> nn.BatchNorm:
-    return layers.batch_norm(train, dtype=self.dtype, axis_name=self.axis_name, name=name)
+
+def _bn(block: _Block, train: bool, name: str) -> BatchNorm:
+  """The block's BatchNorm `name` (a function, not a method: model.tabulate records a
+  method's return value, and a module is not an array)."""
+  return layers.batch_norm(train, dtype=block.dtype, axis_name=block.axis_name, name=name)
 
 
 def _enter(block: _Block, x):
@@ -70,9 +78,9 @@ class BasicBlock(_Block):
   def __call__(self, x, train: bool):
     x, shortcut, strides = _enter(self, x)
     y = layers.conv(self.features, 3, strides=strides, dtype=self.dtype, name="conv1")(x)
-    y = nn.relu(self._bn(train, "bn1")(y))
+    y = nn.relu(_bn(self, train, "bn1")(y))
     y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
-    y = self._bn(train, "bn2")(y)
+    y = _bn(self, train, "bn2")(y)
     return _residual(self, y, shortcut, strides, train)
 
 
@@ -90,11 +98,11 @@ class Bottleneck(_Block):
   def __call__(self, x, train: bool):
     x, shortcut, strides = _enter(self, x)
     y = layers.conv(self.features, 1, dtype=self.dtype, name="conv1")(x)
-    y = nn.relu(self._bn(train, "bn1")(y))
+    y = nn.relu(_bn(self, train, "bn1")(y))
     y = layers.conv(self.features, 3, strides=strides, dtype=self.dtype, name="conv2")(y)
-    y = nn.relu(self._bn(train, "bn2")(y))
+    y = nn.relu(_bn(self, train, "bn2")(y))
     y = layers.conv(self.features * self.expansion, 1, dtype=self.dtype, name="conv3")(y)
-    y = self._bn(train, "bn3")(y)
+    y = _bn(self, train, "bn3")(y)
     return _residual(self, y, shortcut, strides, train)
 
 
@@ -106,7 +114,7 @@ def _residual(block: _Block, y, shortcut, strides: int, train: bool):
   if strides != 1 or shortcut.shape[-1] != y.shape[-1] or block.wavelet_downsample:
     shortcut = layers.conv(y.shape[-1], 1, strides=strides, dtype=block.dtype,
                            name="shortcut_conv")(shortcut)
-    shortcut = block._bn(train, "shortcut_bn")(shortcut)
+    shortcut = _bn(block, train, "shortcut_bn")(shortcut)
   return nn.relu(y + shortcut)
 
 
@@ -145,5 +153,5 @@ class CifarResNet(nn.Module):
             attention_param=self.attention_param, dtype=self.dtype,
             axis_name=self.axis_name, name=f"stage{stage}_block{index}")(x, train)
     x = layers.global_average_pool(x)
-    x = layers.dense(self.num_classes, dtype=self.dtype, name="classifier")(x)
+    x = layers.linear(self.num_classes, x, dtype=self.dtype, name="classifier")
     return x.astype(jnp.float32)

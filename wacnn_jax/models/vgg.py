@@ -5,9 +5,16 @@ config is conv3x3 (with bias) -> BN -> [SE/CBAM/ECA/GC] -> ReLU; 'M' is a
 2x2 max-pool, or, with `wavelet_pooling`, the WA block (its `out`; all five
 pools are replaced). After five halvings the features are (N, 1, 1, 512);
 classifier Dense 512->4096 -> ReLU -> Dropout(0.5) -> Dense 4096->4096 ->
-ReLU -> Dropout(0.5) -> Dense 4096->classes. Init as the reference: conv
-kaiming-normal (fan_out, relu), BN scale 1 / bias 0, Dense normal(0, 0.01),
-all biases 0.
+ReLU -> Dropout(0.5) -> Dense 4096->classes.
+
+Init as the reference's `_initialize_weights`, which visits every layer of the
+network, the attention modules' included: Conv2d kernels kaiming-normal
+(fan_out, relu; untruncated N(0, 2 / (9 * Cout)) for the backbone convs) and
+conv biases 0; Linear kernels N(0, 0.01), Linear biases left at PyTorch's
+default U(+-1/sqrt(fan_in)); BatchNorm scale 1 / bias 0. In attention modules
+this replaces their own Conv2d / Linear kernel initialisers (SE and CBAM
+Linears, CBAM's 7x7 conv, GC's 1x1 convs, whose biases become 0); ECA's Conv1d
+and GC's LayerNorm keep theirs.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ CONFIGS = {
                  "M", 512, 512, 512, 512, "M"),
 }
 
-# kaiming_normal_(mode='fan_out', nonlinearity='relu'): untruncated N(0, 2 / fan_out).
+# kaiming_normal_(mode='fan_out', nonlinearity='relu'): untruncated N(0, 2 / fan_out)
+# (jax's "normal" distribution is not truncated; "truncated_normal" would be).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 linear_init = nn.initializers.normal(0.01)
 
@@ -64,13 +72,14 @@ class VGG(nn.Module):
                             name=f"bn{conv_index}")(x)
       x = layers.comparison_attention(self.attention, self.attention_param, x, train,
                                       dtype=self.dtype, axis_name=self.axis_name,
-                                      name=f"attention{conv_index}")
+                                      name=f"attention{conv_index}",
+                                      linear_init=linear_init, conv_init=conv_init)
       x = nn.relu(x)
       conv_index += 1
     x = x.reshape(x.shape[0], -1)
     for index in (1, 2):
-      x = layers.dense(4096, kernel_init=linear_init, dtype=self.dtype, name=f"fc{index}")(x)
+      x = layers.linear(4096, x, kernel_init=linear_init, dtype=self.dtype, name=f"fc{index}")
       x = nn.Dropout(0.5, deterministic=not train, name=f"dropout{index}")(nn.relu(x))
-    x = layers.dense(self.num_classes, kernel_init=linear_init, dtype=self.dtype,
-                     name="classifier")(x)
+    x = layers.linear(self.num_classes, x, kernel_init=linear_init, dtype=self.dtype,
+                      name="classifier")
     return x.astype(jnp.float32)
