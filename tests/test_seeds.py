@@ -10,9 +10,12 @@ from PIL import Image
 import pytest
 
 from tests.conftest import smoke_run_config
+from tests.test_report import table_rows as report_rows
 from wacnn_jax import checkpointing
 from wacnn_jax import evaluate
+from wacnn_jax import report
 from wacnn_jax import train
+from wacnn_jax import visualize
 
 # Replica k and the single run of seed k agree up to float reordering, not bit
 # for bit: vmapping the convolutions over R (grouped convolutions) sums in
@@ -151,3 +154,26 @@ def test_evaluate_reports_each_replica_and_their_mean(runs, random_folder, tmp_p
   with pytest.raises(checkpointing.CheckpointError, match="num_seeds: checkpoint has 2"):
     evaluate.evaluate_checkpoint(seeds_config(random_folder, mode="evaluate"), copy)
 
+
+def test_report_counts_replicas_as_runs(runs):
+  result = report.make_report([runs["both"][0], runs[0][0], runs[1][0]],
+                              os.path.join(runs["both"][0] + "_report"))
+  _, groups = report_rows(result["markdown"], "Mean ± std over seeds")
+  header, rows = report_rows(result["markdown"], "Runs")
+  assert [r[header.index("seed")] for r in rows] == ["0", "1", "0", "1"]
+  assert rows[1][header.index("run")].endswith("(replica 1)")
+  finals = [r["test_accuracy"] for r in metrics(runs["both"][0]) if r["epoch"] == 2]
+  assert rows[1][header.index("final top-1 (%)")] == f"{100 * finals[1]:.2f}"
+  # One configuration: two replicas and two separate runs.
+  assert len(groups) == 1 and groups[0][3] == "4" and groups[0][4] == "0, 1, 0, 1"
+
+
+def test_visualize_chooses_the_replica(runs, random_folder):
+  both_dir, both = runs["both"]
+  config = seeds_config(random_folder, num_seeds=2)
+  restored = evaluate.restore_checkpoint(config, both_dir, replica=1)
+  np.testing.assert_array_equal(restored.variables["params"]["classifier"]["kernel"],
+                                both.params["classifier"]["kernel"][1])
+  with pytest.raises(ValueError, match="replica 2 is not in the run.*num_seeds=2"):
+    evaluate.restore_checkpoint(config, both_dir, replica=2)
+  assert visualize.main([both_dir, "--replica", "2"]) == 1
