@@ -20,7 +20,8 @@ def test_throughput_quick_writes_its_table(tmp_path):
   text = out.read_text()
   assert text.startswith("# Benchmarks\n\nintro") and text.rstrip().endswith("tail")
   assert "old" not in text
-  for row in ("| train | resnet18 wa fp32 b32 |", "| dwt haar |", "| peer | torch faithful",
+  for row in ("| train | resnet18 wa fp32 b32 |", "| train | resnet18 wa fp32 b32 x2 seeds |",
+              "| dwt haar |", "| peer | torch faithful",
               "| peer | torch tuned", "not yet measured"):
     assert row in text, row
   assert os.listdir(tmp_path / "benchmarks")
