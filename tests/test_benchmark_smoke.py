@@ -14,7 +14,8 @@ def test_throughput_quick_writes_its_table(tmp_path):
   out = tmp_path / "benchmarks.md"
   out.write_text("# Benchmarks\n\nintro\n\n<!-- results:begin -->\nold\n<!-- results:end -->\n\ntail\n")
   result = subprocess.run(
-      [sys.executable, os.path.join("benchmarks", "throughput.py"), "--quick", "--out", str(out)],
+      [sys.executable, os.path.join("benchmarks", "throughput.py"), "--quick", "--docs", str(out),
+       "--results", str(tmp_path / "benchmarks")],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   text = out.read_text()
