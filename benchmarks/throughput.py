@@ -156,22 +156,25 @@ def dwt_through_conv():
     wavelets.dwt2 = two_tap
 
 
-def train_key(arch: str, attention: str, half: bool, batch: int) -> str:
-  return f"{arch} {attention} {'bf16' if half else 'fp32'} b{batch}"
+def train_key(arch: str, attention: str, half: bool, batch: int, replicas: int = 1) -> str:
+  seeds = f" x{replicas} seeds" if replicas > 1 else ""
+  return f"{arch} {attention} {'bf16' if half else 'fp32'} b{batch}{seeds}"
 
 
-def train_runners(arch, attention, half, batch, steps):
+def train_runners(arch, attention, half, batch, steps, replicas=1):
   """Warmed-up `(run_train, run_eval, n_test, compile_seconds)` of the real train/eval functions.
 
   Random uint8 data. `run_train()` does `steps` steps of global batch `batch`
-  (gather, augmentation, forward, backward, SGD) in one dispatch (a
-  `lax.scan` on GPU/TPU); `run_eval()` evaluates the padded test set of
-  min(steps * batch, 10,000) images. Both return device arrays.
+  (gather, augmentation, forward, backward, SGD) of each of `replicas` models
+  (`num_seeds`, vmapped) in one dispatch (a `lax.scan` on GPU/TPU);
+  `run_eval()` evaluates the padded test set of min(steps * batch, 10,000)
+  images with each replica. Both return device arrays.
   """
   start = time.perf_counter()
   config = default.get_config()
   config.model.arch, config.model.attention = arch, attention
   config.half_precision = half
+  config.num_seeds = replicas
   topology = train.Topology.current()
   per_device = topology.per_device_batch(batch)
   rng = np.random.default_rng(0)
@@ -181,12 +184,13 @@ def train_runners(arch, attention, half, batch, steps):
   lr_fn = train.create_learning_rate_fn(config, 1000)
   model = train.create_model(config, 10)
   state = train.replicate_state(
-      train.create_train_state(config, model, (32, 32, 3), lr_fn, jax.random.PRNGKey(0)),
-      topology)
+      train.create_train_states(config, model, (32, 32, 3), lr_fn), topology)
   train_images, train_labels = train.replicate_state((images, labels), topology)
   p_train = train.make_train_fn(config, lr_fn, topology)
-  indices = rng.permutation(n)[:steps * batch].reshape(
-      steps, topology.local_device_count, per_device).transpose(1, 0, 2).astype(np.int32)
+  indices = np.stack([  # (devices, replicas, steps, per_device)
+      rng.permutation(n)[:steps * batch].reshape(
+          steps, topology.local_device_count, per_device).transpose(1, 0, 2)
+      for _ in range(replicas)], axis=1).astype(np.int32)
   holder = {"state": state}
 
   def run_train():
@@ -203,13 +207,16 @@ def train_runners(arch, attention, half, batch, steps):
   return run_train, run_eval, len(test), time.perf_counter() - start
 
 
-def bench_train(results: Results, arch, attention, half, batch, steps, windows) -> None:
-  """Train and eval images/s (medians over `windows` windows) into results.raw['train']."""
-  run_train, run_eval, n_test, setup = train_runners(arch, attention, half, batch, steps)
-  key = train_key(arch, attention, half, batch)
+def bench_train(results: Results, arch, attention, half, batch, steps, windows,
+                replicas=1) -> None:
+  """Train and eval images/s (medians over `windows` windows, summed over `replicas`)
+  into results.raw['train']."""
+  run_train, run_eval, n_test, setup = train_runners(arch, attention, half, batch, steps,
+                                                     replicas)
+  key = train_key(arch, attention, half, batch, replicas)
   results.raw["train"][key] = {
-      "train": median_rate(run_train, steps * batch, windows),
-      "eval": median_rate(run_eval, n_test, windows),
+      "train": median_rate(run_train, steps * batch * replicas, windows),
+      "eval": median_rate(run_eval, n_test * replicas, windows),
       "setup_seconds": setup}
   print(f"  {key}: {results.raw['train'][key]['train']:,.0f} train img/s, "
         f"{results.raw['train'][key]['eval']:,.0f} eval img/s (setup {setup:.1f} s)", flush=True)
@@ -674,11 +681,12 @@ def run_suite(args) -> dict:
     raise SystemExit(f"unknown --phases {sorted(unknown)}; choose from {','.join(PHASES)}")
   estimate = {"train": 15.0 if q else 45.0}  # seconds per train configuration, refined below
 
-  def train_phase(arch, attention, half, b):
+  def train_phase(arch, attention, half, b, replicas=1):
     start = time.perf_counter()
-    ok = results.phase(clock, f"train {train_key(arch, attention, half, b)}",
-                       estimate["train"],
-                       lambda: bench_train(results, arch, attention, half, b, steps, windows))
+    ok = results.phase(clock, f"train {train_key(arch, attention, half, b, replicas)}",
+                       estimate["train"] * replicas,
+                       lambda: bench_train(results, arch, attention, half, b, steps, windows,
+                                           replicas))
     if ok and arch == "resnet18":
       estimate["train"] = max(estimate["train"], time.perf_counter() - start)
 
@@ -692,6 +700,10 @@ def run_suite(args) -> dict:
     for attention in ("none", "wa"):
       if "train" in phases:
         train_phase("resnet18", attention, half, batch)
+  # num_seeds: 2 (and 4) replicas in one program, images/s summed over them.
+  for replicas in ((2,) if q else (2, 4)):
+    if "train" in phases:
+      train_phase("resnet18", "wa", False, batch, replicas)
 
   # 2. The full run (early: the slowest number to get, and the headline one).
   if args.full_run and "full_run" in phases:

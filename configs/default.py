@@ -11,6 +11,8 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Replicas trained side by side in one program (vmapped): seeds seed, seed + 1, ...
+  config.num_seeds = 1
   # "train" runs train_and_evaluate; "evaluate" only evaluates a checkpoint.
   config.mode = "train"
 

@@ -127,7 +127,7 @@ def test_heavy_noise_lowers_accuracy_or_changes_predictions(evaluated_wa_run):
   restored = evaluate.restore_checkpoint(run.config, run.workdir)
   evaluator = evaluate.Evaluator(run.config, restored.state, restored.dataset.test,
                                  restored.dataset.num_classes)
-  corrupted = evaluator(evaluate.corruption("gaussian", 0.5))
+  [corrupted] = evaluator(evaluate.corruption("gaussian", 0.5))
   assert corrupted["confusion"] != result["confusion"]
 
 

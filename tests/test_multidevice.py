@@ -23,37 +23,45 @@ SCRIPT = textwrap.dedent(r"""
     labels = rng.integers(0, 10, (64,), dtype=np.int32)
     global_batch = 16
 
-    def one_step(devices):
+    def one_step(devices, seed, num_seeds):
+        config.seed, config.num_seeds = seed, num_seeds
         topology = train.Topology.current(devices)
         per_device = topology.per_device_batch(global_batch)
         model = train.create_model(config, 10)
         lr = train.create_learning_rate_fn(config, 4)
-        state = train.create_train_state(config, model, (32, 32, 3), lr, jax.random.PRNGKey(0))
+        state = train.create_train_states(config, model, (32, 32, 3), lr)
         p_train = train.make_train_fn(config, lr, topology)
-        indices = np.arange(global_batch, dtype=np.int32).reshape(len(devices), 1, per_device)
+        indices = np.broadcast_to(  # (devices, R, steps, b): the same batch for every replica
+            np.arange(global_batch, dtype=np.int32).reshape(len(devices), 1, 1, per_device),
+            (len(devices), num_seeds, 1, per_device))
         replicated = jax_utils.replicate((images, labels), devices=devices)
         state, metrics = p_train(jax_utils.replicate(state, devices=devices),
                                  *replicated, indices)
         return train.unreplicate(state), jax.device_get(metrics)
 
-    multi, multi_metrics = one_step(jax.local_devices())
-    single, single_metrics = one_step(jax.local_devices()[:1])
+    # Replica 1 (seed 1) of two on 8 devices is the single-seed run of seed 1 on one
+    # device: the cross-device means inside the vmap over replicas stay per replica.
+    multi, multi_metrics = one_step(jax.local_devices(), 0, 2)
+    single, single_metrics = one_step(jax.local_devices()[:1], 1, 1)
     for name in ("params", "batch_stats"):
-        a, b = jax.tree.leaves(getattr(multi, name)), jax.tree.leaves(getattr(single, name))
+        a = jax.tree.leaves(train.replica(getattr(multi, name), 1))
+        b = jax.tree.leaves(train.replica(getattr(single, name), 0))
         assert len(a) == len(b) > 0
         for x, y in zip(a, b):
             np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6)
     # Replicas agree with each other after the step (synchronised BN statistics).
-    np.testing.assert_allclose(multi_metrics["loss_sum"][0], single_metrics["loss_sum"][0], rtol=1e-4)
-    assert int(multi_metrics["count"][0, 0]) == global_batch
+    np.testing.assert_allclose(multi_metrics["loss_sum"][0, 1], single_metrics["loss_sum"][0, 0],
+                               rtol=1e-4)
+    assert not np.allclose(multi_metrics["loss_sum"][0, 0], multi_metrics["loss_sum"][0, 1])
+    assert int(multi_metrics["count"][0, 1, 0]) == global_batch
 
     # Evaluation over 8 devices counts every example exactly once.
     topology = train.Topology.current()
     split = input_pipeline.Split(images[:37], labels[:37])
     data = train.shard_eval_data(split, topology, 12)
     totals = train.make_eval_fn(config, 10, topology)(jax_utils.replicate(multi), data)
-    result = train.summarize_eval(train.unreplicate(totals))
-    assert result["count"] == 37, result["count"]
+    results = train.summarize_eval(train.unreplicate(totals))
+    assert [r["count"] for r in results] == [37, 37], results
     print("CROSS_REPLICA_OK")
 """)
 

@@ -137,11 +137,13 @@ def test_smoke_run_writes_its_outputs(smoke_run):
   assert [r["epoch"] for r in records] == [1, 2]
   assert all(r["test_examples"] == config.data.max_test_examples for r in records)
   assert records[1]["best_test_accuracy"] == max(r["test_accuracy"] for r in records)
-  assert int(state.step) == 2 * (config.data.max_train_examples // config.batch_size)
+  assert [(r["replica"], r["seed"]) for r in records] == [(0, 0), (0, 0)]
+  # num_seeds=1: the state has a replica axis of 1.
+  assert state.step.tolist() == [2 * (config.data.max_train_examples // config.batch_size)]
   summary = open(os.path.join(workdir, "model_summary.txt")).read()
-  params = sum(x.size for x in jax.tree.leaves(state.params))
+  params = sum(x.size for x in jax.tree.leaves(train.replica(state.params, 0)))
   assert f"parameters: {params:,}" in summary and "FLOPs per image" in summary
-  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert os.listdir(os.path.join(workdir, "tensorboard", "replica0"))
   assert json.load(open(os.path.join(workdir, "config.json")))["model"]["arch"] == "resnet18"
 
 
@@ -153,8 +155,9 @@ def test_evaluation_agrees_with_a_direct_forward_pass(smoke_run, cifar10_small):
   p_eval = train.make_eval_fn(config, dataset.num_classes, topology)
   from flax import jax_utils
   totals = p_eval(jax_utils.replicate(state), data)
-  result = train.summarize_eval(train.unreplicate(totals))
+  [result] = train.summarize_eval(train.unreplicate(totals))
   model = train.create_model(config, dataset.num_classes, axis_name=None)
+  state = train.replica(state, 0)
   logits = np.asarray(model.apply(
       {"params": state.params, "batch_stats": state.batch_stats},
       input_pipeline.normalize(jnp.asarray(dataset.test.images)), train=False))
@@ -189,7 +192,7 @@ def test_tfds_mock_data_through_the_full_pipeline(name, tmp_path):
   with tfds.testing.mock_data(num_examples=96):
     state = train.train_and_evaluate(config, str(tmp_path))
   record = json.loads(open(tmp_path / "metrics.jsonl").readline())
-  assert record["test_examples"] == 96 and int(state.step) == 3
+  assert record["test_examples"] == 96 and state.step.tolist() == [3]
   assert state.params["classifier"]["kernel"].shape[-1] == (10 if name == "cifar10" else 100)
 
 

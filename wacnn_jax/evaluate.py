@@ -4,9 +4,10 @@
         [--config.checkpoint_step=N] [--config.eval.noise=True] [--config.eval.visualize=True]
 
 `evaluate_checkpoint(config, workdir)` restores the best checkpoint (or
-`config.checkpoint_step`) of `workdir`, evaluates it on the test split with the
-training loop's own evaluation (`train.make_eval_fn` / `eval_batches` /
-`summarize_eval`), prints the results and writes `eval.json` and
+`config.checkpoint_step`) of `workdir`, evaluates each of its `num_seeds`
+replicas on the test split with the training loop's own evaluation
+(`train.make_eval_fn` / `eval_batches` / `summarize_eval`), prints the results
+(per replica, and their mean ± std) and writes `eval.json` and
 `confusion.png` to the workdir. With `eval.noise` it repeats the evaluation on
 corrupted test images (`eval.gaussian_stddevs`, `eval.salt_pepper_amounts`,
 `eval.blur_sigmas`); with `eval.visualize` it saves attention-map figures.
@@ -151,15 +152,18 @@ class Restored:
   """A checkpoint restored for evaluation, with its model and dataset."""
 
   config: ml_collections.ConfigDict
-  state: train.TrainState  # on the host, unreplicated
+  state: train.TrainState  # on the host, without the device axis; all R replicas (R, ...)
   step: int
   meta: dict
   dataset: input_pipeline.Dataset
   model: Any  # the Flax module without a pmap axis (for visualisation)
+  replica: int = 0  # whose `variables` are shown
 
   @property
   def variables(self) -> dict:
-    return {"params": self.state.params, "batch_stats": self.state.batch_stats}
+    """Replica `replica`'s {params, batch_stats} (no replica axis)."""
+    state = train.replica(self.state, self.replica)
+    return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -173,20 +177,27 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def abstract_train_state(config, model, dataset: input_pipeline.Dataset):
-  """The TrainState's structure, shapes and dtypes (nothing is computed)."""
+  """The replicas' TrainState: structure, shapes (R, ...) and dtypes (nothing is computed)."""
   steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
   learning_rate_fn = train.create_learning_rate_fn(config, steps_per_epoch)
-  return jax.eval_shape(lambda: train.create_train_state(
-      config, model, dataset.image_shape, learning_rate_fn, jax.random.PRNGKey(0)))
+  return jax.eval_shape(lambda: train.create_train_states(
+      config, model, dataset.image_shape, learning_rate_fn))
 
 
 def restore_checkpoint(config, workdir: str, step: int | None = None,
-                       dataset: input_pipeline.Dataset | None = None) -> Restored:
+                       dataset: input_pipeline.Dataset | None = None,
+                       replica: int = 0) -> Restored:
   """Restores checkpoint `step` (default `config.checkpoint_step`; -1 = best) of `workdir`.
 
-  Raises CheckpointError when there is no such checkpoint, it cannot be read,
-  or it belongs to another model or other classes.
+  All `config.num_seeds` replicas are restored; `replica` picks whose
+  `Restored.variables` are. Raises ValueError for a replica that is not in
+  the run, CheckpointError when there is no such checkpoint, it cannot be
+  read, or it belongs to another model, other classes or another number of
+  replicas.
   """
+  if not 0 <= replica < config.num_seeds:
+    raise ValueError(f"replica {replica} is not in the run: it trained num_seeds="
+                     f"{config.num_seeds} replica(s), 0 to {config.num_seeds - 1}.")
   # The checkpoints are looked up before the (slow) dataset is read.
   checkpoints = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
                                            create=False)
@@ -216,7 +227,7 @@ def restore_checkpoint(config, workdir: str, step: int | None = None,
   finally:
     checkpoints.close()
   return Restored(config, state, int(step), meta, dataset,
-                  train.create_model(config, dataset.num_classes, axis_name=None))
+                  train.create_model(config, dataset.num_classes, axis_name=None), replica)
 
 
 # ---------------------------------------------------------------------------
@@ -225,7 +236,10 @@ def restore_checkpoint(config, workdir: str, step: int | None = None,
 
 
 class Evaluator:
-  """The training loop's evaluation of one state on one split, with optional corruptions."""
+  """The training loop's evaluation of the replicas (R, ...) of a state on one split.
+
+  Calls return one summary per replica (`train.summarize_eval`).
+  """
 
   def __init__(self, config, state, split: input_pipeline.Split, num_classes: int,
                devices=None):
@@ -235,28 +249,68 @@ class Evaluator:
     self.data = train.shard_eval_data(split, self.topology, config.eval_batch_size)
     self.state = train.replicate_state(state, self.topology)
 
-  def __call__(self, transform=None) -> dict:
+  def __call__(self, transform=None) -> list[dict]:
     evaluate = train.make_eval_fn(self.config, self.num_classes, self.topology,
                                   transform=transform)
     return train.summarize_eval(train.unreplicate(evaluate(self.state, self.data)))
 
-  def sweep(self, pairs: Sequence[tuple[str, float]]) -> list[dict]:
-    """Accuracy, top-5 and loss for each (corruption, strength)."""
+  def sweep(self, pairs: Sequence[tuple[str, float]]) -> list[list[dict]]:
+    """Per replica, accuracy, top-5 and loss for each (corruption, strength): [replica][pair]."""
     rows = []
     for name, strength in pairs:
-      result = self(corruption(name, strength))
-      rows.append({"corruption": name, "strength": strength,
-                   **{k: result[k] for k in ("accuracy", "top5_accuracy", "loss", "count")}})
-      logging.info("%s %g: top-1 %.4f", name, strength, result["accuracy"])
-    return rows
+      results = self(corruption(name, strength))
+      rows.append([{"corruption": name, "strength": strength,
+                    **{k: r[k] for k in ("accuracy", "top5_accuracy", "loss", "count")}}
+                   for r in results])
+      logging.info("%s %g: top-1 %s", name, strength,
+                   " ".join(f"{r['accuracy']:.4f}" for r in results))
+    return [list(replica_rows) for replica_rows in zip(*rows)]
+
+
+# The per-replica numbers that are averaged over the replicas.
+AVERAGED = ("loss", "accuracy", "top5_accuracy")
+
+
+def _averaged(rows: Sequence[dict]) -> dict:
+  """The AVERAGED keys of `rows` (one per replica): means, and `<key>_std` the
+  sample standard deviation (ddof 1; None for one row)."""
+  averaged = {}
+  for key in AVERAGED:
+    values = [row[key] for row in rows]
+    averaged[key] = float(np.mean(values))
+    averaged[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+  return averaged
+
+
+def mean_over_replicas(replicas: Sequence[dict]) -> dict:
+  """The replicas' results combined.
+
+  `loss`, `accuracy`, `top5_accuracy`: means, with `<name>_std` the sample
+  standard deviation (None for one replica); `count` is the test set's size;
+  `confusion` sums the replicas' matrices (so it counts R x count predictions)
+  and `per_class_accuracy` is its diagonal over the row sums, the mean of the
+  replicas' per-class accuracies. With one replica these are its own numbers.
+  """
+  combined = _averaged(replicas)
+  confusion = np.sum([r["confusion"] for r in replicas], axis=0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    per_class = np.diag(confusion) / confusion.sum(axis=1)
+  combined.update(count=replicas[0]["count"], per_class_accuracy=per_class.tolist(),
+                  confusion=confusion.tolist())
+  return combined
+
+
+def _plus_minus(std: float | None) -> str:
+  return "" if std is None else f" ± {std:.4f}"
 
 
 def noise_table(rows: Sequence[dict], clean_accuracy: float | None = None) -> str:
-  """The sweep as a fixed-width text table."""
+  """The sweep as a fixed-width text table (top-1 ± its `accuracy_std` where a row has one)."""
   lines = [f"noise robustness{'' if clean_accuracy is None else f' (clean top-1 {clean_accuracy:.4f})'}:",
-           f"  {'corruption':<12} {'strength':>8} {'top-1':>7} {'top-5':>7} {'loss':>8}"]
+           f"  {'corruption':<12} {'strength':>8} {'top-1':>16} {'top-5':>7} {'loss':>8}"]
   for row in rows:
-    lines.append(f"  {row['corruption']:<12} {row['strength']:>8g} {row['accuracy']:>7.4f} "
+    top1 = f"{row['accuracy']:.4f}{_plus_minus(row.get('accuracy_std'))}"
+    lines.append(f"  {row['corruption']:<12} {row['strength']:>8g} {top1:>16} "
                  f"{row['top5_accuracy']:>7.4f} {row['loss']:>8.4f}")
   return "\n".join(lines)
 
@@ -269,14 +323,20 @@ def format_results(result: dict) -> str:
   lines = [
       f"checkpoint {result['step']} (epoch {result.get('epoch')}) of {result['workdir']}: "
       f"{result['count']} test images of {result['dataset']}",
-      f"top-1 accuracy {result['accuracy']:.4f}   top-5 accuracy "
-      f"{result['top5_accuracy']:.4f}   loss {result['loss']:.4f}",
-      "per-class accuracy:"]
+      f"top-1 accuracy {result['accuracy']:.4f}{_plus_minus(result['accuracy_std'])}   "
+      f"top-5 accuracy {result['top5_accuracy']:.4f}{_plus_minus(result['top5_accuracy_std'])}"
+      f"   loss {result['loss']:.4f}{_plus_minus(result['loss_std'])}"]
+  for replica in result["replicas"]:
+    lines.append(f"  replica {replica['replica']} (seed {replica['seed']}): top-1 "
+                 f"{replica['accuracy']:.4f}   top-5 {replica['top5_accuracy']:.4f}   "
+                 f"loss {replica['loss']:.4f}")
+  lines.append(f"per-class accuracy{' (mean over replicas)' if len(result['replicas']) > 1 else ''}:")
   for name, accuracy in zip(names, result["per_class_accuracy"]):
     lines.append(f"  {name:<{width}} {accuracy:.4f}" if accuracy == accuracy
                  else f"  {name:<{width}} (no examples)")
   if len(names) <= 20:
-    lines.append("confusion matrix (rows: true class, columns: predicted):")
+    lines.append("confusion matrix (rows: true class, columns: predicted"
+                 f"{'; summed over replicas' if len(result['replicas']) > 1 else ''}):")
     lines.append(" " * (width + 2) + " ".join(f"{n:>{width}}" for n in short))
     for name, row in zip(short, result["confusion"]):
       lines.append(f"  {name:<{width}}" + " ".join(f"{v:>{width}d}" for v in row))
@@ -296,10 +356,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   """Evaluates a checkpoint of `workdir`, prints the results, writes eval.json and confusion.png.
 
   A failure to write (WorkdirError) comes after the results are printed.
-  Returns the eval.json content: step, epoch, loss, accuracy, top5_accuracy,
-  count, per_class_accuracy, confusion (true rows x predicted columns),
-  class_names, and "noise" (a list of {corruption, strength, accuracy,
-  top5_accuracy, loss, count}) when `config.eval.noise`.
+  Returns the eval.json content: step, epoch, class_names, "replicas" (one
+  dict per replica: replica, seed, loss, accuracy, top5_accuracy, count,
+  per_class_accuracy, confusion (true rows x predicted columns) and, when
+  `config.eval.noise`, "noise": a list of {corruption, strength, accuracy,
+  top5_accuracy, loss, count}), and the replicas combined
+  (`mean_over_replicas`): loss, accuracy, top5_accuracy, their `_std`s,
+  count, per_class_accuracy, confusion, and "noise" rows with means and `_std`s.
   """
   from wacnn_jax import visualize  # pylint: disable=g-import-not-at-top
   train.validate_config(config)
@@ -307,6 +370,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   restored = restore_checkpoint(config, workdir, dataset=dataset)
   dataset = restored.dataset
   evaluator = Evaluator(config, restored.state, dataset.test, dataset.num_classes, devices)
+  replicas = [{"replica": k, "seed": seed, **summary} for k, (seed, summary) in
+              enumerate(zip(train.replica_seeds(config), evaluator()))]
   result = {
       "workdir": os.path.abspath(workdir),
       "step": restored.step,
@@ -315,10 +380,16 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
       "model": config.model.to_dict(),
       "dataset": _dataset_name(config),
       "class_names": list(dataset.class_names),
-      **evaluator(),
+      **mean_over_replicas(replicas),
+      "replicas": replicas,
   }
   if pairs:
-    result["noise"] = evaluator.sweep(pairs)
+    for replica, rows in zip(replicas, evaluator.sweep(pairs)):
+      replica["noise"] = rows
+    result["noise"] = [
+        {"corruption": name, "strength": strength, "count": result["count"],
+         **_averaged([replica["noise"][j] for replica in replicas])}
+        for j, (name, strength) in enumerate(pairs)]
     result["noise_convention"] = NOISE_CONVENTION
 
   if jax.process_index() != 0:  # multi-host: every host evaluated; one writes

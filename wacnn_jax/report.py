@@ -3,15 +3,19 @@
     python -m wacnn_jax.report runs/r18 runs/r18_wa runs/r18_wa_seed1 [--out report]
 
 Reads each workdir's `config.json`, `metrics.jsonl`, `model_summary.json` and,
-when present, `eval.json` (from `--config.mode=evaluate`), and writes to `--out`:
+when present, `eval.json` (from `--config.mode=evaluate`). A workdir trained
+with `num_seeds` = R > 1 holds R runs, replica k being the run of seed
+`seed + k` (its rows of metrics.jsonl and its entry of eval.json's
+"replicas"); they are named `<workdir> (replica k)` and count exactly as
+separate runs of those seeds would. Writes to `--out`:
 
 - `report.md`: one row per run (arch, attention, dataset, seed, parameters,
   FLOPs per image, epochs, best and final test top-1, the evaluated
   checkpoint's top-1/top-5 and its noise-robustness accuracies), then one row
   per configuration with the mean ± sample standard deviation over the runs
   that share it. Runs share a configuration when their configs are equal
-  except for `seed` and the settings that do not change the result
-  (IGNORED_KEYS: evaluation options, logging, checkpointing, data location).
+  except for `seed`, `num_seeds` and the settings that do not change the
+  result (IGNORED_KEYS: evaluation options, logging, checkpointing, data location).
 - `curves.png`: test accuracy and test loss against the epoch, one line per run.
 - `noise.png` (when an eval.json has a noise sweep): top-1 against strength.
 
@@ -34,14 +38,14 @@ import numpy as np
 
 # Config keys that do not define the experiment: runs that differ only in these
 # (and the seed) are repetitions of one configuration.
-IGNORED_KEYS = ("seed", "mode", "checkpoint_step", "eval", "log_every_steps",
+IGNORED_KEYS = ("seed", "num_seeds", "mode", "checkpoint_step", "eval", "log_every_steps",
                 "keep_checkpoints", "checkpoint_every_epochs", "distributed",
                 "steps_per_dispatch", "data.data_dir", "data.download")
 
 
 @dataclasses.dataclass
 class Run:
-  """What one training workdir holds."""
+  """One trained model: a workdir's replica (its config's `seed` is the replica's)."""
 
   workdir: str
   name: str
@@ -118,8 +122,8 @@ def _read_json(path: str):
     return json.load(f)
 
 
-def load_run(workdir: str, name: str | None = None) -> Run:
-  """Reads a workdir; ValueError when it has no config.json or metrics.jsonl."""
+def load_run(workdir: str, name: str | None = None) -> list[Run]:
+  """Reads a workdir: one Run per replica; ValueError when it has no config.json or metrics.jsonl."""
   workdir = os.path.expanduser(workdir)
   paths = {k: os.path.join(workdir, k) for k in
            ("config.json", "metrics.jsonl", "model_summary.json", "eval.json")}
@@ -133,18 +137,26 @@ def load_run(workdir: str, name: str | None = None) -> Run:
     raise ValueError(f"{paths['metrics.jsonl']} is empty: the run has not finished an epoch.")
   optional = {k: _read_json(paths[k]) if os.path.exists(paths[k]) else None
               for k in ("model_summary.json", "eval.json")}
-  return Run(workdir=workdir, name=name or os.path.basename(os.path.abspath(workdir)),
-             config=_read_json(paths["config.json"]), metrics=metrics,
-             summary=optional["model_summary.json"], evaluation=optional["eval.json"])
+  config = _read_json(paths["config.json"])
+  name = name or os.path.basename(os.path.abspath(workdir))
+  replicas = config["num_seeds"]
+  evaluation = optional["eval.json"]
+  return [Run(workdir=workdir, name=name if replicas == 1 else f"{name} (replica {k})",
+              config=dict(config, seed=config["seed"] + k),
+              metrics=[r for r in metrics if r["replica"] == k],
+              summary=optional["model_summary.json"],
+              evaluation=evaluation["replicas"][k] if evaluation else None)
+          for k in range(replicas)]
 
 
 def load_runs(workdirs: Sequence[str]) -> list[Run]:
-  """Loads the runs, naming each by its folder (or its path, where folder names repeat)."""
+  """Loads the runs (all replicas of each workdir), naming each by its folder (or its path,
+  where folder names repeat)."""
   names = [os.path.basename(os.path.abspath(w)) for w in workdirs]
   if len(set(names)) < len(names):
     common = os.path.commonpath([os.path.abspath(w) for w in workdirs])
     names = [os.path.relpath(os.path.abspath(w), os.path.dirname(common)) for w in workdirs]
-  return [load_run(w, n) for w, n in zip(workdirs, names)]
+  return [run for w, n in zip(workdirs, names) for run in load_run(w, n)]
 
 
 # ---------------------------------------------------------------------------
@@ -301,7 +313,8 @@ def make_report(workdirs: Sequence[str], out: str = "report") -> dict:
       "## Runs", "", runs_table(runs), "",
       "## Mean ± std over seeds", "",
       "Runs whose configs differ only in the seed (and in settings that do not "
-      "change the result) are one configuration; ± is the sample standard "
+      "change the result) are one configuration, whether they are replicas of one "
+      "workdir (num_seeds) or separate workdirs; ± is the sample standard "
       "deviation over its runs (noise columns: over its evaluated runs).", "",
       groups_table(runs), "",
       "## Training curves", "", "![training curves](curves.png)", ""]

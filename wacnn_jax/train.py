@@ -8,13 +8,21 @@ it inside the jitted function. The host only sends indices. A pmapped call runs
 (cross-replica BN, through the models' `axis_name`). Evaluation runs the whole
 (padded, masked) test set in one pmapped call.
 
-Determinism: the epoch permutation comes from (seed, epoch) and every random
-key from `fold_in(state.rng, state.step)` (plus the device index), so a run
-resumed from a checkpoint ends with the same parameters as an uninterrupted one.
+Replicas: `num_seeds` = R independent replicas of the model (seeds `seed`,
+`seed + 1`, ...) train in one program. Every state array has a leading replica
+axis R (after the device axis, under pmap: (devices, R, ...)); `train_steps`
+and `eval_batches` are vmapped over it, and the collectives over the pmap axis
+inside the vmap stay per replica. Replica k is the single-seed run with seed
+`seed + k`: its initial state, data order and random keys are that run's.
+`num_seeds=1` runs the same code with R = 1.
+
+Determinism: the epoch permutation comes from (replica seed, epoch) and every
+random key from `fold_in(state.rng, state.step)` (plus the device index), so a
+run resumed from a checkpoint ends with the same parameters as an uninterrupted one.
 
 Divergence: every step also reports whether it diverged (`DIVERGED_LOSS`), a
 flag computed on the device and read with the epoch's other metrics; an epoch
-with a diverged step stops the run before it is evaluated or saved.
+with a diverged step (of any replica) stops the run before it is evaluated or saved.
 """
 
 from __future__ import annotations
@@ -69,7 +77,7 @@ class TrainState(train_state.TrainState):
 
 # The least value of each numeric config field (the type is the default's).
 NUMERIC_FIELD_MINIMUM = {
-    "seed": 0, "batch_size": 1, "eval_batch_size": 1, "num_epochs": 0,
+    "seed": 0, "num_seeds": 1, "batch_size": 1, "eval_batch_size": 1, "num_epochs": 0,
     "steps_per_dispatch": 0, "checkpoint_every_epochs": 1, "keep_checkpoints": 1,
     "checkpoint_step": -1, "log_every_steps": 0,
     "data.max_train_examples": 0, "data.max_test_examples": 0,
@@ -176,8 +184,33 @@ def create_train_state(config, model, image_shape, learning_rate_fn,
       rng=state_key)
 
 
+def replica_seeds(config) -> list[int]:
+  """The seeds of the `num_seeds` replicas: `seed`, `seed + 1`, ..."""
+  return [config.seed + k for k in range(config.num_seeds)]
+
+
+def create_train_states(config, model, image_shape, learning_rate_fn) -> TrainState:
+  """The replicas' initial states, stacked on a leading replica axis R = `num_seeds`.
+
+  Replica k is `create_train_state(..., PRNGKey(seed + k))`, the initial state
+  of a single-seed run with seed `seed + k`.
+  """
+  states = [create_train_state(config, model, image_shape, learning_rate_fn,
+                               jax.random.PRNGKey(seed)) for seed in replica_seeds(config)]
+  # Leaf by leaf: each state has its own optimiser object, so the trees' static parts differ.
+  leaves = zip(*(jax.tree.leaves(state) for state in states))
+  return jax.tree.unflatten(jax.tree.structure(states[0]),
+                            [jnp.stack(replicas) for replicas in leaves])
+
+
+def replica(tree, k: int):
+  """Replica k of a pytree with a leading replica axis R (R, ...) -> (...)."""
+  return jax.tree.map(lambda x: x[k], tree)
+
+
 # ---------------------------------------------------------------------------
-# Pure step functions (run under pmap with axis AXIS_NAME).
+# Pure step functions (run under pmap with axis AXIS_NAME; `train_steps` and
+# `eval_batches` over the leading replica axis R of the state).
 # ---------------------------------------------------------------------------
 
 
@@ -242,29 +275,44 @@ def train_step(state: TrainState, images, labels, *, augment: bool,
 
 def train_steps(state, train_images, train_labels, indices, *, unroll: bool = False,
                 **step_kwargs):
-  """`lax.scan` of `train_step` over indices (S, b): S steps in one dispatch.
+  """S steps of R replicas in one dispatch: `train_step` scanned over the steps, vmapped over R.
 
-  `train_images` (N, H, W, C) uint8 and `train_labels` (N,) are the whole
-  training set on this device. Returns the state and per-step metrics (S,).
-  `unroll` (used on CPU, see `Topology.loops_in_xla`) unrolls the loop.
+  `state` holds R replicas (leading axis R); `indices` (R, S, b) are each
+  replica's batches. `train_images` (N, H, W, C) uint8 and `train_labels` (N,)
+  are the whole training set on this device, shared by the replicas. Returns
+  the states and per-step metrics (R, S). `unroll` (used on CPU, see
+  `Topology.loops_in_xla`) unrolls the loop.
   """
 
-  def body(state, batch_indices):
-    return train_step(state, train_images[batch_indices],
-                      train_labels[batch_indices], **step_kwargs)
+  def replica_steps(state, replica_indices):
+    def body(state, batch_indices):
+      return train_step(state, train_images[batch_indices],
+                        train_labels[batch_indices], **step_kwargs)
 
-  return scan(body, state, indices, unroll=unroll)
+    return scan(body, state, replica_indices, unroll=unroll)
+
+  return jax.vmap(replica_steps)(state, indices)
 
 
 def eval_batches(state, images, labels, mask, *, num_classes: int,
                  compute_dtype, transform: Callable | None = None,
                  unroll: bool = False):
-  """Evaluates (nb, b, H, W, C) uint8 batches with a 0/1 mask (nb, b).
+  """Evaluates (nb, b, H, W, C) uint8 batches with a 0/1 mask (nb, b), for each replica.
 
-  `transform(x_uint8, key) -> uint8` (optional) corrupts the images first, with
-  keys from `state.rng`. Returns sums over all devices: loss, top-1/top-5 hits,
-  count, and the confusion matrix (true class rows x predicted columns).
+  `state` holds R replicas (leading axis R). `transform(x_uint8, key) -> uint8`
+  (optional) corrupts the images first, with keys from each replica's
+  `state.rng`. Returns sums over all devices with a leading axis R: loss,
+  top-1/top-5 hits, count, and the confusion matrix (true class rows x
+  predicted columns).
   """
+  return jax.vmap(functools.partial(
+      _eval_replica, images=images, labels=labels, mask=mask, num_classes=num_classes,
+      compute_dtype=compute_dtype, transform=transform, unroll=unroll))(state)
+
+
+def _eval_replica(state, *, images, labels, mask, num_classes, compute_dtype,
+                  transform, unroll):
+  """`eval_batches` of one replica."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
 
   def body(totals, batch):
@@ -298,9 +346,13 @@ def eval_batches(state, images, labels, mask, *, num_classes: int,
   return jax.lax.psum(totals, AXIS_NAME)
 
 
-def summarize_eval(totals) -> dict:
-  """Host-side summary of `eval_batches` totals."""
+def summarize_eval(totals) -> list[dict]:
+  """Host-side summaries of `eval_batches` totals (leading axis R): one dict per replica."""
   totals = jax.device_get(totals)
+  return [_summarize_replica(replica(totals, k)) for k in range(len(totals["count"]))]
+
+
+def _summarize_replica(totals) -> dict:
   count = float(totals["count"])
   confusion = np.asarray(totals["confusion"])
   with np.errstate(invalid="ignore", divide="ignore"):
@@ -501,15 +553,23 @@ def model_summary(model, variables, image_shape) -> dict:
 
 
 class MetricsLog:
-  """metrics.jsonl (one JSON object per epoch) plus TensorBoard event files."""
+  """metrics.jsonl plus TensorBoard event files, one row per epoch and replica.
 
-  def __init__(self, workdir: str, enabled: bool):
+  metrics.jsonl holds one JSON object per epoch and replica, the replicas of
+  an epoch in order: {"epoch", "replica": k, "seed": seed + k, ...}, with the
+  fields of a single-seed run with seed `seed + k` (`images_per_sec` is the
+  replica's own: the rows of an epoch sum to the program's throughput).
+  TensorBoard: one event folder per replica, `tensorboard/replica<k>`.
+  """
+
+  def __init__(self, workdir: str, enabled: bool, num_replicas: int):
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tensorboard = None
+    self._tensorboard = []
     if enabled:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tensorboard = [SummaryWriter(os.path.join(workdir, "tensorboard", f"replica{k}"))
+                           for k in range(num_replicas)]
 
   def truncate_after(self, epoch: int) -> None:
     """Drops records of epochs after `epoch` (written before a crash), in one atomic rewrite.
@@ -529,28 +589,32 @@ class MetricsLog:
           kept.append(json.dumps(record) + "\n")
     workdirs.write_atomically(self.path, "".join(kept))
 
-  def write_epoch(self, record: dict) -> None:
+  def write_epoch(self, records: list[dict]) -> None:
+    """Appends one epoch's records, `records[k]` of replica k, in one write."""
     if not self.enabled:
       return
     with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    for key, value in record.items():
-      if key != "epoch" and isinstance(value, (int, float)):
-        self._tensorboard.add_scalar(f"epoch/{key}", value, record["epoch"])
-    self._tensorboard.flush()
+      f.write("".join(json.dumps(record) + "\n" for record in records))
+    for writer, record in zip(self._tensorboard, records):
+      for key, value in record.items():
+        if key not in ("epoch", "replica", "seed") and isinstance(value, (int, float)):
+          writer.add_scalar(f"epoch/{key}", value, record["epoch"])
+      writer.flush()
 
   def write_steps(self, first_step: int, losses, learning_rates, every: int) -> None:
+    """TensorBoard train scalars every `every` steps: `losses` (R, S), `learning_rates` (S,)."""
     if not self.enabled or every <= 0:
       return
-    for i, (loss, lr) in enumerate(zip(losses, learning_rates)):
-      step = first_step + i + 1
-      if step % every == 0:
-        self._tensorboard.add_scalar("train/loss", float(loss), step)
-        self._tensorboard.add_scalar("train/learning_rate", float(lr), step)
+    for writer, replica_losses in zip(self._tensorboard, losses):
+      for i, (loss, lr) in enumerate(zip(replica_losses, learning_rates)):
+        step = first_step + i + 1
+        if step % every == 0:
+          writer.add_scalar("train/loss", float(loss), step)
+          writer.add_scalar("train/learning_rate", float(lr), step)
 
   def close(self) -> None:
-    if self._tensorboard is not None:
-      self._tensorboard.close()
+    for writer in self._tensorboard:
+      writer.close()
 
 
 def _progress_bar(total: int, description: str, enabled: bool):
@@ -565,8 +629,10 @@ def _progress_bar(total: int, description: str, enabled: bool):
 
 
 def checkpoint_identity(config, dataset: input_pipeline.Dataset) -> dict:
-  """What must match between a checkpoint and any config restoring it: the model, its classes."""
+  """What must match between a checkpoint and any config restoring it: the model, its classes,
+  the number of replicas."""
   identity = {f"model.{k}": v for k, v in config.model.to_dict().items()}
+  identity["num_seeds"] = config.num_seeds
   identity["num_classes"] = dataset.num_classes
   identity["class_names"] = list(dataset.class_names)
   identity["image_shape"] = list(dataset.image_shape)
@@ -591,8 +657,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   Resumes from the newest readable checkpoint in `workdir/checkpoints` if
   there is one (`Checkpointer.restore_latest`), holding the workdir's lock
-  (`workdirs.lock`) throughout. Returns the final state (unreplicated, on the
-  host); with no epoch left to train, the restored (or initial) state.
+  (`workdirs.lock`) throughout. Returns the final states of the `num_seeds`
+  replicas (leading axis R, without the device axis, on the host); with no
+  epoch left to train, the restored (or initial) ones.
+
+  A checkpoint holds all replicas; its meta records, per replica, the test and
+  best test accuracies (`replica_test_accuracy`, `replica_best_test_accuracy`)
+  and, for ranking checkpoints, their means over the replicas
+  (`test_accuracy`, `best_test_accuracy`).
 
   Problems the user can fix raise ValueError (a config field),
   `workdirs.WorkdirError`, `input_pipeline.DatasetError`,
@@ -624,24 +696,27 @@ def _train(config, workdir: str, topology: Topology, per_device_batch: int,
   model = create_model(config, dataset.num_classes)
   learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
   initial_state = functools.partial(
-      create_train_state, config, model, dataset.image_shape, learning_rate_fn,
-      jax.random.PRNGKey(config.seed))
+      create_train_states, config, model, dataset.image_shape, learning_rate_fn)
+  seeds = replica_seeds(config)
 
   checkpoints = cleanup.enter_context(checkpointing.Checkpointer(
       workdir, keep=config.keep_checkpoints,
       identity=resume_identity(config, dataset)))
-  metrics_log = MetricsLog(workdir, enabled=primary)
+  metrics_log = MetricsLog(workdir, enabled=primary, num_replicas=len(seeds))
   cleanup.callback(metrics_log.close)
-  start_epoch, best_accuracy, checkpoint_epoch = 0, 0.0, None
+  # Best test accuracy of each replica, and the best mean over the replicas.
+  start_epoch, best_accuracy, best_mean, checkpoint_epoch = 0, np.zeros(len(seeds)), 0.0, None
   restored = checkpoints.restore_latest(jax.eval_shape(initial_state))
   if restored is None:
     state = initial_state()
   else:
     latest, state, meta = restored
-    start_epoch, best_accuracy = meta["epoch"], meta["best_test_accuracy"]
+    start_epoch, best_mean = meta["epoch"], meta["best_test_accuracy"]
+    best_accuracy = np.asarray(meta["replica_best_test_accuracy"])
     checkpoint_epoch = start_epoch
-    logging.info("Resumed from %s/%d: epoch %d, best test accuracy %.4f",
-                 checkpoints.directory, latest, start_epoch, best_accuracy)
+    logging.info("Resumed from %s/%d: epoch %d, best test accuracy %s",
+                 checkpoints.directory, latest, start_epoch,
+                 " ".join(f"{a:.4f}" for a in best_accuracy))
   # Records of epochs after the checkpoint (or of any epoch, without one) are
   # from a run that stopped before saving them: they are trained again.
   metrics_log.truncate_after(start_epoch)
@@ -655,9 +730,10 @@ def _train(config, workdir: str, topology: Topology, per_device_batch: int,
   if primary:
     workdirs.write_atomically(os.path.join(workdir, "config.json"),
                               config.to_json_best_effort(indent=2))
+    first = replica(state, 0)
     summary = model_summary(
         create_model(config, dataset.num_classes, axis_name=None),
-        {"params": state.params, "batch_stats": state.batch_stats},
+        {"params": first.params, "batch_stats": first.batch_stats},
         dataset.image_shape)
     with open(os.path.join(workdir, "model_summary.txt"), "w") as f:
       f.write(f"model: {config.model.to_dict()}\nclasses: {dataset.num_classes}\n"
@@ -691,85 +767,109 @@ def _train(config, workdir: str, topology: Topology, per_device_batch: int,
 
   compile_seconds = [0.0]
   logging.info("Training %s on %s: %d examples, %d steps/epoch, %d devices, "
-               "epochs %d..%d", config.model.arch, dataset.name,
+               "seeds %s, epochs %d..%d", config.model.arch, dataset.name,
                len(dataset.train), steps_per_epoch, topology.global_device_count,
-               start_epoch + 1, config.num_epochs)
+               seeds, start_epoch + 1, config.num_epochs)
   for epoch in range(start_epoch, config.num_epochs):
     epoch_start = time.perf_counter()
     compile_before = compile_seconds[0]
     first_step = epoch * steps_per_epoch
-    indices = epoch_indices(len(dataset.train), epoch, config.seed,
-                            steps_per_epoch, topology, per_device_batch)
+    indices = np.stack([  # (local_devices, R, steps, per_device_batch)
+        epoch_indices(len(dataset.train), epoch, seed, steps_per_epoch, topology,
+                      per_device_batch) for seed in seeds], axis=1)
     chunk_metrics = []
     with _progress_bar(steps_per_epoch, f"epoch {epoch + 1}", primary) as bar:
       for begin in range(0, steps_per_epoch, chunk):
-        chunk_indices = indices[:, begin:begin + chunk]
+        chunk_indices = indices[:, :, begin:begin + chunk]
         state, step_metrics = train_fn(
-            chunk_indices.shape[1], state, train_images, train_labels, chunk_indices)
+            chunk_indices.shape[2], state, train_images, train_labels, chunk_indices)
         if chunk_metrics:  # keep one dispatch in flight; the bar follows the device
           jax.block_until_ready(chunk_metrics[-1])
-          bar.update(chunk_metrics[-1]["count"].shape[1])
+          bar.update(chunk_metrics[-1]["count"].shape[2])
         chunk_metrics.append(step_metrics)
-      step_metrics = jax.device_get(
-          [jax.tree.map(lambda x: x[0], m) for m in chunk_metrics])
-      bar.update(step_metrics[-1]["count"].shape[0])
+      # Device 0's copy (they are equal): each metric (R, steps).
+      step_metrics = jax.tree.map(
+          lambda *chunks: np.concatenate(chunks, axis=1),
+          *jax.device_get([jax.tree.map(lambda x: x[0], m) for m in chunk_metrics]))
+      bar.update(chunk_metrics[-1]["count"].shape[2])
     train_seconds = time.perf_counter() - epoch_start - (compile_seconds[0] - compile_before)
-    losses = np.concatenate([m["loss_sum"] / m["count"] for m in step_metrics])
-    learning_rates = np.concatenate([m["learning_rate"] for m in step_metrics])
-    diverged = np.concatenate([m["diverged"] for m in step_metrics])
+    losses = step_metrics["loss_sum"] / step_metrics["count"]
+    learning_rates = step_metrics["learning_rate"][0]
+    diverged = step_metrics["diverged"]
     if diverged.any():
+      index, replicas = first_divergence(diverged)
       raise DivergenceError(divergence_message(
-          epoch, steps_per_epoch, int(np.argmax(diverged)), losses,
-          learning_rates, checkpoint_epoch, checkpoints.directory))
-    seen = sum(int(m["count"].sum()) for m in step_metrics)
-    train_loss = sum(float(m["loss_sum"].sum()) for m in step_metrics) / seen
-    train_accuracy = sum(int(m["correct"].sum()) for m in step_metrics) / seen
+          epoch, steps_per_epoch, index, losses[replicas[0]], learning_rates,
+          checkpoint_epoch, checkpoints.directory, replicas=replicas, seeds=seeds))
+    seen = step_metrics["count"].sum(axis=1)
+    train_loss = step_metrics["loss_sum"].sum(axis=1) / seen
+    train_accuracy = step_metrics["correct"].sum(axis=1) / seen
 
-    test = summarize_eval(unreplicate(p_eval(state, test_data)))
-    best_accuracy = max(best_accuracy, test["accuracy"])
-    record = {
+    tests = summarize_eval(unreplicate(p_eval(state, test_data)))
+    test_accuracy = np.array([test["accuracy"] for test in tests])
+    best_accuracy = np.maximum(best_accuracy, test_accuracy)
+    epoch_seconds = time.perf_counter() - epoch_start
+    records = [{
         "epoch": epoch + 1,
+        "replica": k,
+        "seed": seed,
         "step": first_step + steps_per_epoch,
         "learning_rate": float(learning_rates[0]),
-        "train_loss": train_loss,
-        "train_accuracy": train_accuracy,
+        "train_loss": float(train_loss[k]),
+        "train_accuracy": float(train_accuracy[k]),
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         "test_top5_accuracy": test["top5_accuracy"],
-        "best_test_accuracy": best_accuracy,
+        "best_test_accuracy": float(best_accuracy[k]),
         "test_examples": test["count"],
-        "images_per_sec": seen / max(train_seconds, 1e-9),
+        "images_per_sec": float(seen[k]) / max(train_seconds, 1e-9),
         "compile_seconds": compile_seconds[0] - compile_before,
-        "epoch_seconds": time.perf_counter() - epoch_start,
-    }
+        "epoch_seconds": epoch_seconds,
+    } for k, (seed, test) in enumerate(zip(seeds, tests))]
     metrics_log.write_steps(first_step, losses, learning_rates, config.log_every_steps)
-    metrics_log.write_epoch(record)
-    logging.info(
-        "epoch %3d/%d  lr %.4g  train loss %.4f acc %.4f  test loss %.4f acc "
-        "%.4f  best %.4f  %.0f img/s  %.1fs%s", epoch + 1, config.num_epochs,
-        record["learning_rate"], train_loss, train_accuracy, test["loss"],
-        test["accuracy"], best_accuracy, record["images_per_sec"],
-        record["epoch_seconds"],
-        f" (compile {record['compile_seconds']:.1f}s)" if record["compile_seconds"] else "")
+    metrics_log.write_epoch(records)
+    for record in records:
+      logging.info(
+          "epoch %3d/%d  seed %d  lr %.4g  train loss %.4f acc %.4f  test loss %.4f acc "
+          "%.4f  best %.4f  %.0f img/s  %.1fs%s", epoch + 1, config.num_epochs,
+          record["seed"], record["learning_rate"], record["train_loss"],
+          record["train_accuracy"], record["test_loss"], record["test_accuracy"],
+          record["best_test_accuracy"], record["images_per_sec"], epoch_seconds,
+          f" (compile {record['compile_seconds']:.1f}s)" if record["compile_seconds"] else "")
 
+    mean_accuracy = float(test_accuracy.mean())
+    is_best = mean_accuracy >= best_mean
+    best_mean = max(best_mean, mean_accuracy)
     is_last = epoch + 1 == config.num_epochs
-    if (is_last or (epoch + 1) % config.checkpoint_every_epochs == 0
-        or test["accuracy"] >= best_accuracy):
+    if is_last or (epoch + 1) % config.checkpoint_every_epochs == 0 or is_best:
       host_state = unreplicate(state)
       checkpoints.save(
-          int(host_state.step), host_state,
-          {"epoch": epoch + 1, "test_accuracy": test["accuracy"],
-           "best_test_accuracy": best_accuracy})
+          int(host_state.step[0]), host_state,
+          {"epoch": epoch + 1, "test_accuracy": mean_accuracy, "best_test_accuracy": best_mean,
+           "replica_test_accuracy": test_accuracy.tolist(),
+           "replica_best_test_accuracy": best_accuracy.tolist()})
       checkpoint_epoch = epoch + 1
 
   return unreplicate(state)
 
 
+def first_divergence(diverged: np.ndarray) -> tuple[int, list[int]]:
+  """The first step (0-based) at which any replica diverged, and the replicas that did then.
+
+  `diverged` is bool (R, steps) with at least one True.
+  """
+  index = int(np.argmax(diverged.any(axis=0)))
+  return index, np.flatnonzero(diverged[:, index]).tolist()
+
+
 def divergence_message(epoch: int, steps_per_epoch: int, index: int, losses,
                        learning_rates, checkpoint_epoch: int | None,
-                       checkpoint_directory: str) -> str:
+                       checkpoint_directory: str, *, replicas: list[int],
+                       seeds: list[int]) -> str:
   """What `DivergenceError` says: step `index` (0-based) of `epoch` (0-based) diverged.
 
+  `replicas` are the ones that diverged at that step (0-based; the first one's
+  `losses` are reported) of the run's replicas, whose seeds are `seeds`.
   `losses` and `learning_rates` are the epoch's per-step values.
   """
   loss = float(losses[index])
@@ -782,8 +882,10 @@ def divergence_message(epoch: int, steps_per_epoch: int, index: int, losses,
   saved = (f"the checkpoints up to epoch {checkpoint_epoch} in {checkpoint_directory} "
            "are from before it" if checkpoint_epoch is not None else
            "no checkpoint had been written")
+  which = ", ".join(f"replica {k} (seed {seeds[k]})" for k in replicas)
   return (f"training diverged at step {epoch * steps_per_epoch + index + 1} (epoch "
-          f"{epoch + 1}, step {index + 1} of {steps_per_epoch}): {what}. The run stopped "
+          f"{epoch + 1}, step {index + 1} of {steps_per_epoch}) in {which} of "
+          f"{len(seeds)}: {what}. The run stopped "
           f"before evaluating or saving epoch {epoch + 1}; {saved}. Lower "
           f"optimizer.learning_rate (step {index + 1} used {float(learning_rates[index]):g}) "
           "or check the data.")

@@ -351,7 +351,7 @@ def save_model_figures(model, variables, images, labels, class_names, workdir: s
 
 
 def main(argv=None) -> int:
-  """`python -m wacnn_jax.visualize WORKDIR [--baseline WORKDIR] [--out PNG]`."""
+  """`python -m wacnn_jax.visualize WORKDIR [--replica K] [--baseline WORKDIR] [--out PNG]`."""
   import argparse  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
 
@@ -366,20 +366,26 @@ def main(argv=None) -> int:
   parser.add_argument("--images", type=int, default=4,
                       help="how many test images (one per class; default 4)")
   parser.add_argument("--image-folder", help="override data.image_folder of the runs")
+  parser.add_argument("--replica", type=int, default=0,
+                      help="which replica of a run trained with num_seeds > 1: K is the one "
+                      "of seed seed + K (default 0)")
+  parser.add_argument("--baseline-replica", type=int, default=0,
+                      help="which replica of the --baseline run (default 0)")
   parser.add_argument("--out", default="attention_maps.png",
                       help="output PNG; with several WA blocks, _wa<k> is added per block")
   parser.add_argument("--dpi", type=int, default=100)
   args = parser.parse_args(argv)
 
-  def restore(workdir, dataset=None):
+  def restore(workdir, replica, dataset=None):
     config = evaluate.load_config(workdir)
     if args.image_folder:
       config.data.image_folder = args.image_folder
-    return evaluate.restore_checkpoint(config, workdir, dataset=dataset)
+    return evaluate.restore_checkpoint(config, workdir, dataset=dataset, replica=replica)
 
   try:
-    run = restore(args.workdir)
-    baseline = restore(args.baseline, run.dataset) if args.baseline else None
+    run = restore(args.workdir, args.replica)
+    baseline = (restore(args.baseline, args.baseline_replica, run.dataset) if args.baseline
+                else None)
     images, labels = pick_images(run.dataset.test, args.images)
     figures = attention_figures(
         run.model, run.variables, images, labels=labels, class_names=run.dataset.class_names,
