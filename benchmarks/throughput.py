@@ -68,7 +68,7 @@ from wacnn_jax import input_pipeline, train, wavelets  # pylint: disable=wrong-i
 
 NOT_MEASURED = "not yet measured"
 REFERENCE_EPOCHS = 160
-PHASES = ("train", "peers", "dwt", "profile", "full_run", "levers", "rest")
+PHASES = ("train", "seeds", "peers", "dwt", "profile", "full_run", "levers", "rest")
 FULL_RUN_WORKDIR = os.path.join(REPO_ROOT, "workdirs", "benchmark_full_run")
 
 
@@ -702,7 +702,7 @@ def run_suite(args) -> dict:
         train_phase("resnet18", attention, half, batch)
   # num_seeds: 2 (and 4) replicas in one program, images/s summed over them.
   for replicas in ((2,) if q else (2, 4)):
-    if "train" in phases:
+    if "seeds" in phases:
       train_phase("resnet18", "wa", False, batch, replicas)
 
   # 2. The full run (early: the slowest number to get, and the headline one).

@@ -41,12 +41,13 @@ def test_gpu_suite_dry_run_measures_every_phase(tmp_path, small_folder, subproce
   result = subprocess.run(
       ["bash", os.path.join("benchmarks", "gpu_suite.sh"), str(out), "600", small_folder,
        "--quick", "--full-run-workdir", str(tmp_path / "full_run"),
-       "--phases", "train,full_run,peers,dwt,profile"],
+       "--phases", "train,seeds,full_run,peers,dwt,profile"],
       cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env=_suite_env(subprocess_env))
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   raw = _only_json(out)
   assert raw["errors"] == [], raw["errors"]
-  assert set(raw["train"]) == {"resnet18 none fp32 b32", "resnet18 wa fp32 b32"}
+  assert set(raw["train"]) == {"resnet18 none fp32 b32", "resnet18 wa fp32 b32",
+                                "resnet18 wa fp32 b32 x2 seeds"}
   for row in raw["train"].values():
     assert row["train"] > 0 and row["eval"] > 0
   assert set(raw["dwt"]) == {"8x32x32x16", "8x16x16x128"}
