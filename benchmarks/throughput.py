@@ -66,7 +66,6 @@ import numpy as np
 from configs import default  # pylint: disable=wrong-import-position
 from wacnn_jax import input_pipeline, train, wavelets  # pylint: disable=wrong-import-position
 
-NOT_MEASURED = "not yet measured"
 REFERENCE_EPOCHS = 160
 PHASES = ("train", "seeds", "peers", "dwt", "profile", "full_run", "levers", "rest")
 FULL_RUN_WORKDIR = os.path.join(REPO_ROOT, "workdirs", "benchmark_full_run")
@@ -606,9 +605,6 @@ def render_rows(raw: dict) -> list[tuple[str, str, str, str]]:
   elif full:
     rows.append(("full run", "resnet18 wa, reference recipe", "no epoch finished",
                  f"return code {full['returncode']}"))
-  else:
-    rows.append(("full run", f"resnet18 wa, {REFERENCE_EPOCHS} epochs, CIFAR-10", NOT_MEASURED,
-                 "needs --full-run"))
   for s in raw["skipped"]:
     rows.append(("skipped", s["phase"], "-", s["note"]))
   for e in raw["errors"]:
