@@ -63,6 +63,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_step = -1  # evaluate mode: -1 = the best checkpoint
   config.log_every_steps = 50  # TensorBoard train-loss scalars
   config.distributed = False  # multi-host: call jax.distributed.initialize()
+  # jax.distributed.initialize's arguments; unset = detected from the environment
+  # (SLURM, Open MPI, Cloud TPU; JAX_COORDINATOR_ADDRESS for the address).
+  # coordinator_address: "host:port" of process 0; process_id: 0 .. num_processes - 1.
+  config.coordinator_address = ml_collections.config_dict.placeholder(str)
+  config.num_processes = ml_collections.config_dict.placeholder(int)
+  config.process_id = ml_collections.config_dict.placeholder(int)
+  # Seconds to wait for every process to connect, and without a heartbeat from
+  # a process before all of them stop with an error.
+  config.initialization_timeout = 300
+  config.heartbeat_timeout = 100
 
   # Evaluate mode (`--config.mode=evaluate`).
   config.eval = ml_collections.ConfigDict()

@@ -11,6 +11,7 @@ from typing import NoReturn
 
 from absl import flags
 from absl import logging
+import jax
 import ml_collections
 
 from wacnn_jax import checkpointing
@@ -97,11 +98,33 @@ def parse_flags(argv):
   return remaining
 
 
+def in_process_group() -> bool:
+  """Whether this process is one of several (`config.distributed`)."""
+  return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def leave_process_group(exit_code: int) -> None:
+  """Ends this process of a multi-process run at once.
+
+  A normal exit would wait in JAX's shutdown barrier (up to 5 minutes) for the
+  other processes, which themselves wait for this one in their next
+  collective. Leaving without that barrier makes JAX stop the others within
+  `config.heartbeat_timeout` seconds ("another task died").
+  """
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(exit_code)  # pylint: disable=protected-access
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   """Runs `config.mode` in `workdir`; returns the process exit code.
 
   A user error (USER_ERRORS) is one `error:` line on stderr, exit code 1, and
   its traceback in `workdir/error.log` where the workdir can take it.
+  A failing process of a multi-process run reports its error and ends at
+  once (`leave_process_group`); its `error.log` is `error.<process>.log` on
+  processes other than 0.
   """
   try:
     if config.mode == "train":
@@ -114,7 +137,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   except USER_ERRORS as e:
     note = _write_error_log(e, workdir)
     sys.stderr.write(f"error: {e}{' ' + note if note else ''}\n")
+    if in_process_group():
+      leave_process_group(1)
     return 1
+  except BaseException:  # pylint: disable=broad-except
+    if in_process_group():
+      traceback.print_exc()
+      leave_process_group(1)
+    raise
   return 0
 
 
@@ -126,7 +156,8 @@ def _write_error_log(error: BaseException, workdir: str) -> str:
   """
   if isinstance(error, workdirs.WorkdirError):
     return ""
-  log_path = os.path.join(workdir, "error.log")
+  index = jax.process_index() if jax.distributed.is_initialized() else 0
+  log_path = os.path.join(workdir, f"error.{index}.log" if index else "error.log")
   try:
     os.makedirs(workdir, exist_ok=True)
     with open(log_path, "w") as f:

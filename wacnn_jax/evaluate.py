@@ -367,6 +367,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
   from wacnn_jax import visualize  # pylint: disable=g-import-not-at-top
   train.validate_config(config)
   pairs = sweep_from_config(config.eval) if config.eval.noise else []  # validate first
+  train.initialize_distributed(config)
   restored = restore_checkpoint(config, workdir, dataset=dataset)
   dataset = restored.dataset
   evaluator = Evaluator(config, restored.state, dataset.test, dataset.num_classes, devices)

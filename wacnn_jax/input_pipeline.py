@@ -99,6 +99,7 @@ def load_dataset(data_config) -> Dataset:
 
   Fields read: `dataset`, `data_dir`, `image_folder`, `download`,
   `train_split`, `test_split`, `max_train_examples`, `max_test_examples`.
+  In a run of several processes every process reads the whole dataset.
   """
   if data_config.image_folder:
     dataset = read_image_folder(

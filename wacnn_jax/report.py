@@ -15,7 +15,8 @@ separate runs of those seeds would. Writes to `--out`:
   per configuration with the mean ± sample standard deviation over the runs
   that share it. Runs share a configuration when their configs are equal
   except for `seed`, `num_seeds` and the settings that do not change the
-  result (IGNORED_KEYS: evaluation options, logging, checkpointing, data location).
+  result (IGNORED_KEYS: evaluation options, logging, checkpointing, data
+  location, multi-process setup).
 - `curves.png`: test accuracy and test loss against the epoch, one line per run.
 - `noise.png` (when an eval.json has a noise sweep): top-1 against strength.
 
@@ -40,6 +41,8 @@ import numpy as np
 # (and the seed) are repetitions of one configuration.
 IGNORED_KEYS = ("seed", "num_seeds", "mode", "checkpoint_step", "eval", "log_every_steps",
                 "keep_checkpoints", "checkpoint_every_epochs", "distributed",
+                "coordinator_address", "num_processes", "process_id",
+                "initialization_timeout", "heartbeat_timeout",
                 "steps_per_dispatch", "data.data_dir", "data.download")
 
 

@@ -23,6 +23,14 @@ run resumed from a checkpoint ends with the same parameters as an uninterrupted 
 Divergence: every step also reports whether it diverged (`DIVERGED_LOSS`), a
 flag computed on the device and read with the epoch's other metrics; an epoch
 with a diverged step (of any replica) stops the run before it is evaluated or saved.
+
+With several processes (`config.distributed`, `initialize_distributed`) the
+pmapped calls span every process's devices (`Topology.mapped_devices`). Each
+process reads the whole dataset and feeds its slice of every global batch
+(`epoch_indices`) and of the test set (`shard_eval_data`); all of them take
+part in checkpoint saves and restores (one shared workdir), and process 0
+alone writes metrics.jsonl, TensorBoard events, config.json and the model
+summary.
 """
 
 from __future__ import annotations
@@ -372,9 +380,33 @@ def _summarize_replica(totals) -> dict:
 # ---------------------------------------------------------------------------
 
 
+def initialize_distributed(config: ml_collections.ConfigDict) -> None:
+  """Joins the multi-process runtime if `config.distributed` (once per process).
+
+  Unset `coordinator_address`, `num_processes` and `process_id` are detected
+  by JAX from the environment (SLURM, Open MPI, Cloud TPU). A process that has
+  not connected within `initialization_timeout` seconds, or has sent no
+  heartbeat for `heartbeat_timeout` seconds, stops every process with an error.
+  """
+  if not config.distributed or jax.distributed.is_initialized():
+    return
+  jax.distributed.initialize(
+      coordinator_address=config.coordinator_address,
+      num_processes=config.num_processes,
+      process_id=config.process_id,
+      initialization_timeout=config.initialization_timeout,
+      heartbeat_timeout_seconds=config.heartbeat_timeout)
+
+
 @dataclasses.dataclass(frozen=True)
 class Topology:
-  """How a global batch splits over hosts and local devices."""
+  """How a global batch splits over hosts and local devices.
+
+  `devices` are this process's devices. The pmapped functions map over
+  `mapped_devices`: with several processes, every process's devices, ordered
+  by process and then as on each process, so that global device
+  `process_index * local_device_count + i` is this process's `devices[i]`.
+  """
 
   devices: tuple
   process_index: int = 0
@@ -382,8 +414,19 @@ class Topology:
 
   @classmethod
   def current(cls, devices=None) -> "Topology":
+    """The running processes; `devices` (a subset of the local ones) only with one process."""
+    if devices is not None and jax.process_count() > 1:
+      raise ValueError(
+          f"with {jax.process_count()} processes every process maps over all "
+          "its local devices; pass devices=None.")
     return cls(tuple(devices or jax.local_devices()), jax.process_index(),
                jax.process_count())
+
+  @property
+  def mapped_devices(self) -> tuple:
+    if self.process_count == 1:
+      return self.devices
+    return tuple(sorted(jax.devices(), key=lambda d: (d.process_index, d.id)))
 
   @property
   def loops_in_xla(self) -> bool:
@@ -478,7 +521,7 @@ def make_eval_fn(config, num_classes: int, topology: Topology, transform=None):
           eval_batches, num_classes=num_classes, transform=transform,
           unroll=not topology.loops_in_xla,
           compute_dtype=jnp.bfloat16 if config.half_precision else jnp.float32),
-      axis_name=AXIS_NAME, devices=topology.devices)
+      axis_name=AXIS_NAME, devices=topology.mapped_devices)
 
   def evaluate(state, data: EvalData):
     num_batches = data.images.shape[1]
@@ -500,7 +543,7 @@ def make_train_fn(config, learning_rate_fn, topology: Topology):
           train_steps, augment=config.data.augment, unroll=not topology.loops_in_xla,
           learning_rate_fn=learning_rate_fn,
           compute_dtype=jnp.bfloat16 if config.half_precision else jnp.float32),
-      axis_name=AXIS_NAME, devices=topology.devices, donate_argnums=(0,))
+      axis_name=AXIS_NAME, devices=topology.mapped_devices, donate_argnums=(0,))
 
 
 def put_sharded(array: np.ndarray, devices) -> jax.Array:
@@ -514,7 +557,7 @@ def replicate_state(tree, topology: Topology):
 
   (So that a compiled step sees one input layout from the first call on.)
   """
-  return jax.pmap(lambda x: x, devices=topology.devices)(
+  return jax.pmap(lambda x: x, devices=topology.mapped_devices)(
       jax_utils.replicate(tree, devices=topology.devices))
 
 
@@ -671,8 +714,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `checkpointing.CheckpointError` or `DivergenceError`, each with a message.
   """
   validate_config(config)
-  if config.distributed:
-    jax.distributed.initialize()
+  initialize_distributed(config)
   topology = Topology.current(devices)
   per_device_batch = topology.per_device_batch(config.batch_size)
   create_model(config, num_classes=1)  # unknown arch/attention/...: fail before loading data
@@ -758,9 +800,18 @@ def _train(config, workdir: str, topology: Topology, per_device_batch: int,
   compiled = {}
 
   def train_fn(num_steps, *args):
-    """AOT-compiled train function per chunk length (compile time is reported)."""
+    """AOT-compiled train function per chunk length (compile time is reported).
+
+    With several processes pmap's AOT executables take global shapes, so
+    there the first call compiles, and its time counts as compile time.
+    """
     if num_steps not in compiled:
       start = time.perf_counter()
+      if topology.process_count > 1:
+        outputs = p_train(*args)  # compiles, then dispatches asynchronously
+        compiled[num_steps] = p_train
+        compile_seconds[0] += time.perf_counter() - start
+        return outputs
       compiled[num_steps] = p_train.lower(*args).compile()
       compile_seconds[0] += time.perf_counter() - start
     return compiled[num_steps](*args)
