@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default  # pylint: disable=wrong-import-position
-from wacnn_jax import input_pipeline, train, wavelets  # pylint: disable=wrong-import-position
+from wacnn_jax import input_pipeline, parallel, steps, train, wavelets  # pylint: disable=wrong-import-position
 
 REFERENCE_EPOCHS = 160
 PHASES = ("train", "seeds", "peers", "dwt", "profile", "full_run", "levers", "rest")
@@ -160,13 +160,13 @@ def train_key(arch: str, attention: str, half: bool, batch: int, replicas: int =
   return f"{arch} {attention} {'bf16' if half else 'fp32'} b{batch}{seeds}"
 
 
-def train_runners(arch, attention, half, batch, steps, replicas=1):
+def train_runners(arch, attention, half, batch, num_steps, replicas=1):
   """Warmed-up `(run_train, run_eval, n_test, compile_seconds)` of the real train/eval functions.
 
-  Random uint8 data. `run_train()` does `steps` steps of global batch `batch`
+  Random uint8 data. `run_train()` does `num_steps` steps of global batch `batch`
   (gather, augmentation, forward, backward, SGD) of each of `replicas` models
   (`num_seeds`, vmapped) in one dispatch (a `lax.scan` on GPU/TPU);
-  `run_eval()` evaluates the padded test set of min(steps * batch, 10,000)
+  `run_eval()` evaluates the padded test set of min(num_steps * batch, 10,000)
   images with each replica. Both return device arrays.
   """
   start = time.perf_counter()
@@ -174,21 +174,21 @@ def train_runners(arch, attention, half, batch, steps, replicas=1):
   config.model.arch, config.model.attention = arch, attention
   config.half_precision = half
   config.num_seeds = replicas
-  topology = train.Topology.current()
+  topology = parallel.Topology.current()
   per_device = topology.per_device_batch(batch)
   rng = np.random.default_rng(0)
-  n = max(batch * steps, 2 * batch)
+  n = max(batch * num_steps, 2 * batch)
   images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, (n,), dtype=np.int32)
   lr_fn = train.create_learning_rate_fn(config, 1000)
   model = train.create_model(config, 10)
-  state = train.replicate_state(
+  state = parallel.replicate_state(
       train.create_train_states(config, model, (32, 32, 3), lr_fn), topology)
-  train_images, train_labels = train.replicate_state((images, labels), topology)
-  p_train = train.make_train_fn(config, lr_fn, topology)
+  train_images, train_labels = parallel.replicate_state((images, labels), topology)
+  p_train = steps.make_train_fn(config, lr_fn, topology)
   indices = np.stack([  # (devices, replicas, steps, per_device)
-      rng.permutation(n)[:steps * batch].reshape(
-          steps, topology.local_device_count, per_device).transpose(1, 0, 2)
+      rng.permutation(n)[:num_steps * batch].reshape(
+          num_steps, topology.local_device_count, per_device).transpose(1, 0, 2)
       for _ in range(replicas)], axis=1).astype(np.int32)
   holder = {"state": state}
 
@@ -198,8 +198,8 @@ def train_runners(arch, attention, half, batch, steps, replicas=1):
     return metrics
 
   test = input_pipeline.Split(images[:min(n, 10_000)], labels[:min(n, 10_000)])
-  data = train.shard_eval_data(test, topology, batch)
-  evaluate = train.make_eval_fn(config, 10, topology)
+  data = parallel.shard_eval_data(test, topology, batch)
+  evaluate = steps.make_eval_fn(config, 10, topology)
   run_eval = lambda: evaluate(holder["state"], data)
   jax.block_until_ready(run_train())  # compile + warm-up
   jax.block_until_ready(run_eval())

@@ -13,9 +13,10 @@ from tests.conftest import copy_run
 from tests.conftest import smoke_run_config
 from wacnn_jax import checkpointing
 from wacnn_jax import cli
+from wacnn_jax import restore
 from wacnn_jax import evaluate
 from wacnn_jax import input_pipeline
-from wacnn_jax import train
+from wacnn_jax import steps
 
 # ---------------------------------------------------------------------------
 # Corruptions against numpy / scipy.
@@ -124,7 +125,7 @@ def test_heavy_noise_lowers_accuracy_or_changes_predictions(evaluated_wa_run):
   noisy = next(r for r in result["noise"] if r["strength"] == 0.5)
   if noisy["accuracy"] < result["accuracy"]:
     return
-  restored = evaluate.restore_checkpoint(run.config, run.workdir)
+  restored = restore.restore_checkpoint(run.config, run.workdir)
   evaluator = evaluate.Evaluator(run.config, restored.state, restored.dataset.test,
                                  restored.dataset.num_classes)
   [corrupted] = evaluator(evaluate.corruption("gaussian", 0.5))
@@ -169,7 +170,7 @@ def test_missing_or_wrong_checkpoints_are_clear_errors(smoke_wa_run, tmp_path, c
 
 
 def test_restored_state_matches_the_training_result(smoke_wa_run):
-  restored = evaluate.restore_checkpoint(smoke_wa_run.config, smoke_wa_run.workdir)
+  restored = restore.restore_checkpoint(smoke_wa_run.config, smoke_wa_run.workdir)
   assert restored.step == checkpointing.Checkpointer(
       smoke_wa_run.workdir, create=False).best_step()
   assert restored.dataset.class_names[0] == "airplane"
@@ -177,4 +178,4 @@ def test_restored_state_matches_the_training_result(smoke_wa_run):
       restored.variables, input_pipeline.normalize(restored.dataset.test.images[:8]),
       train=False)
   assert logits.shape == (8, 10) and np.isfinite(np.asarray(logits)).all()
-  assert isinstance(restored.state, train.TrainState)
+  assert isinstance(restored.state, steps.TrainState)

@@ -1,10 +1,10 @@
-"""train.model_summary: parameter count and FLOPs per image against hand counts."""
+"""metrics.model_summary: parameter count and FLOPs per image against hand counts."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wacnn_jax import train
+from wacnn_jax import metrics
 
 
 class _ConvDense(nn.Module):
@@ -18,7 +18,7 @@ class _ConvDense(nn.Module):
 def test_flops_and_parameters_match_a_hand_count():
   model = _ConvDense()
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
-  summary = train.model_summary(model, variables, (16, 16, 3))
+  summary = metrics.model_summary(model, variables, (16, 16, 3))
   assert summary["params"] == 9 * 3 * 8 + 2048 * 5 + 5
   # A multiply-add is 2 FLOPs; XLA counts only taps that fall inside the image:
   # along each axis the 3 taps of 16 outputs hit 3 * 16 - 2 pixels. The bias adds are 5.

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent(r"""
     import jax, numpy as np
     from flax import jax_utils
     from configs import smoke
-    from wacnn_jax import input_pipeline, train
+    from wacnn_jax import input_pipeline, parallel, steps, train
 
     assert jax.local_device_count() == 8, jax.devices()
     config = smoke.get_config()
@@ -25,27 +25,27 @@ SCRIPT = textwrap.dedent(r"""
 
     def one_step(devices, seed, num_seeds):
         config.seed, config.num_seeds = seed, num_seeds
-        topology = train.Topology.current(devices)
+        topology = parallel.Topology.current(devices)
         per_device = topology.per_device_batch(global_batch)
         model = train.create_model(config, 10)
         lr = train.create_learning_rate_fn(config, 4)
         state = train.create_train_states(config, model, (32, 32, 3), lr)
-        p_train = train.make_train_fn(config, lr, topology)
+        p_train = steps.make_train_fn(config, lr, topology)
         indices = np.broadcast_to(  # (devices, R, steps, b): the same batch for every replica
             np.arange(global_batch, dtype=np.int32).reshape(len(devices), 1, 1, per_device),
             (len(devices), num_seeds, 1, per_device))
         replicated = jax_utils.replicate((images, labels), devices=devices)
         state, metrics = p_train(jax_utils.replicate(state, devices=devices),
                                  *replicated, indices)
-        return train.unreplicate(state), jax.device_get(metrics)
+        return parallel.unreplicate(state), jax.device_get(metrics)
 
     # Replica 1 (seed 1) of two on 8 devices is the single-seed run of seed 1 on one
     # device: the cross-device means inside the vmap over replicas stay per replica.
     multi, multi_metrics = one_step(jax.local_devices(), 0, 2)
     single, single_metrics = one_step(jax.local_devices()[:1], 1, 1)
     for name in ("params", "batch_stats"):
-        a = jax.tree.leaves(train.replica(getattr(multi, name), 1))
-        b = jax.tree.leaves(train.replica(getattr(single, name), 0))
+        a = jax.tree.leaves(steps.replica(getattr(multi, name), 1))
+        b = jax.tree.leaves(steps.replica(getattr(single, name), 0))
         assert len(a) == len(b) > 0
         # The vmapped (grouped) convolutions sum in another order, which moves a
         # few elements by up to ~6e-5 after this step at learning rate 0.1.
@@ -58,11 +58,11 @@ SCRIPT = textwrap.dedent(r"""
     assert int(multi_metrics["count"][0, 1, 0]) == global_batch
 
     # Evaluation over 8 devices counts every example exactly once.
-    topology = train.Topology.current()
+    topology = parallel.Topology.current()
     split = input_pipeline.Split(images[:37], labels[:37])
-    data = train.shard_eval_data(split, topology, 12)
-    totals = train.make_eval_fn(config, 10, topology)(jax_utils.replicate(multi), data)
-    results = train.summarize_eval(train.unreplicate(totals))
+    data = parallel.shard_eval_data(split, topology, 12)
+    totals = steps.make_eval_fn(config, 10, topology)(jax_utils.replicate(multi), data)
+    results = steps.summarize_eval(parallel.unreplicate(totals))
     assert [r["count"] for r in results] == [37, 37], results
     print("CROSS_REPLICA_OK")
 """)

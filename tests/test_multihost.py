@@ -50,8 +50,8 @@ import pytest
 
 from configs import smoke
 from tests.conftest import REPO_ROOT
-from wacnn_jax import evaluate
-from wacnn_jax import train
+from wacnn_jax import restore
+from wacnn_jax import parallel
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 6, 4
 SETTINGS = {
@@ -213,7 +213,7 @@ def update_differences(start: dict, variables, reference_variables) -> tuple[flo
 
 def test_global_batch_must_divide_by_every_hosts_devices():
   cpu = jax.devices()[0]
-  topology = train.Topology(devices=(cpu, cpu), process_index=1, process_count=2)
+  topology = parallel.Topology(devices=(cpu, cpu), process_index=1, process_count=2)
   assert topology.per_device_batch(16) == 4
   with pytest.raises(ValueError, match=r"does not divide by the 4 devices \(2 host\(s\) x 2\)"
                      r".*batch_size=8"):
@@ -288,9 +288,9 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, compilation_
   start = dict(np.load(start_file))
   dataset = None
   for step in (1, 2, 3):
-    one_state = evaluate.restore_checkpoint(config, reference, step=step, dataset=dataset)
+    one_state = restore.restore_checkpoint(config, reference, step=step, dataset=dataset)
     dataset = one_state.dataset
-    two_state = evaluate.restore_checkpoint(config, multi, step=step, dataset=dataset)
+    two_state = restore.restore_checkpoint(config, multi, step=step, dataset=dataset)
     assert two_state.step == one_state.step == step
     worst, overall = update_differences(start, two_state.variables, one_state.variables)
     assert worst <= 3e-3 and overall <= 1e-4, (step, worst, overall)

@@ -24,7 +24,8 @@ import pytest
 from tests.conftest import REPO_ROOT
 from tests.conftest import smoke_run_config
 from wacnn_jax import checkpointing
-from wacnn_jax import evaluate
+from wacnn_jax import restore
+from wacnn_jax import metrics
 from wacnn_jax import train
 from wacnn_jax import workdirs
 
@@ -93,7 +94,7 @@ def checkpoint_steps(workdir):
 def final_leaves(workdir, folder):
   """Every array of the latest checkpoint's state, as numpy arrays."""
   config = smoke_run_config(folder, batch_size=6, eval_batch_size=6)
-  restored = evaluate.restore_checkpoint(config, str(workdir), step=checkpoint_steps(workdir)[-1])
+  restored = restore.restore_checkpoint(config, str(workdir), step=checkpoint_steps(workdir)[-1])
   return [np.asarray(x) for x in jax.tree.leaves(
       (restored.state.step, restored.state.params, restored.state.batch_stats,
        restored.state.opt_state, restored.state.rng))]
@@ -256,7 +257,7 @@ def test_kill_9_anywhere_resumes_bit_identically(tmp_path, synthetic_folder, sub
 
 
 def test_truncating_metrics_replaces_the_file_in_one_step(tmp_path, monkeypatch):
-  log = train.MetricsLog(str(tmp_path), enabled=False, num_replicas=1)
+  log = metrics.MetricsLog(str(tmp_path), enabled=False, num_replicas=1)
   lines = [json.dumps({"epoch": e, "train_loss": 1.0}) + "\n" for e in (1, 2, 3)]
   with open(log.path, "w") as f:
     f.write("".join(lines) + '{"epoch": 4, "train_lo')  # torn by a kill

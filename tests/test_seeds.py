@@ -12,8 +12,11 @@ import pytest
 from tests.conftest import smoke_run_config
 from tests.test_report import table_rows as report_rows
 from wacnn_jax import checkpointing
+from wacnn_jax import restore
 from wacnn_jax import evaluate
 from wacnn_jax import report
+from wacnn_jax import epochs
+from wacnn_jax import steps
 from wacnn_jax import train
 from wacnn_jax import visualize
 
@@ -77,12 +80,12 @@ def test_each_replica_equals_the_single_run_of_its_seed(runs):
     single_dir, single = runs[seed]
     assert single.step.shape == (1,)
     for name in ("params", "batch_stats"):
-      ours = jax.tree.leaves(train.replica(getattr(both, name), seed))
-      theirs = jax.tree.leaves(train.replica(getattr(single, name), 0))
+      ours = jax.tree.leaves(steps.replica(getattr(both, name), seed))
+      theirs = jax.tree.leaves(steps.replica(getattr(single, name), 0))
       assert len(ours) == len(theirs) > 0
       for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=name)
-    np.testing.assert_array_equal(train.replica(both.rng, seed), train.replica(single.rng, 0))
+    np.testing.assert_array_equal(steps.replica(both.rng, seed), steps.replica(single.rng, 0))
     assert both.step[seed] == single.step[0] == 8
     ours = [r for r in rows if r["replica"] == seed]
     theirs = metrics(single_dir)
@@ -92,7 +95,7 @@ def test_each_replica_equals_the_single_run_of_its_seed(runs):
       for key in a.keys() - {"replica", *TIMINGS}:
         assert a[key] == pytest.approx(b[key], rel=METRIC_RTOL), key
   # The replicas are different models.
-  a, b = (jax.tree.leaves(train.replica(both.params, k)) for k in (0, 1))
+  a, b = (jax.tree.leaves(steps.replica(both.params, k)) for k in (0, 1))
   assert not np.allclose(a[0], b[0])
 
 
@@ -100,10 +103,10 @@ def test_first_divergence_names_the_replicas():
   diverged = np.array([[False, False, True, True],
                        [False, True, True, False],
                        [False, False, False, False]])
-  assert train.first_divergence(diverged) == (1, [1])
+  assert epochs.first_divergence(diverged) == (1, [1])
   diverged[0, 1] = True
-  assert train.first_divergence(diverged) == (1, [0, 1])
-  message = train.divergence_message(
+  assert epochs.first_divergence(diverged) == (1, [0, 1])
+  message = epochs.divergence_message(
       0, 4, 1, [0.5, float("nan"), 1.0, 1.0], [0.1] * 4, None, "/ckpt", replicas=[1],
       seeds=[5, 6, 7])
   assert "at step 2 (epoch 1, step 2 of 4) in replica 1 (seed 6) of 3: train loss nan" in message
@@ -171,9 +174,9 @@ def test_report_counts_replicas_as_runs(runs):
 def test_visualize_chooses_the_replica(runs, random_folder):
   both_dir, both = runs["both"]
   config = seeds_config(random_folder, num_seeds=2)
-  restored = evaluate.restore_checkpoint(config, both_dir, replica=1)
+  restored = restore.restore_checkpoint(config, both_dir, replica=1)
   np.testing.assert_array_equal(restored.variables["params"]["classifier"]["kernel"],
                                 both.params["classifier"]["kernel"][1])
   with pytest.raises(ValueError, match="replica 2 is not in the run.*num_seeds=2"):
-    evaluate.restore_checkpoint(config, both_dir, replica=2)
+    restore.restore_checkpoint(config, both_dir, replica=2)
   assert visualize.main([both_dir, "--replica", "2"]) == 1

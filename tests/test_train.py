@@ -13,6 +13,8 @@ from configs import smoke
 from tests.conftest import smoke_run_config as smoke_config
 from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
+from wacnn_jax import parallel
+from wacnn_jax import steps
 from wacnn_jax import train
 
 
@@ -83,7 +85,7 @@ def test_cosine_schedule():
 
 def test_batch_size_must_divide_by_devices():
   cpu = jax.devices()[0]
-  topology = train.Topology(devices=(cpu,) * 3)  # arithmetic only
+  topology = parallel.Topology(devices=(cpu,) * 3)  # arithmetic only
   assert topology.per_device_batch(96) == 32
   with pytest.raises(ValueError, match="does not divide by the 3 devices.*batch_size=99"):
     topology.per_device_batch(100)
@@ -92,16 +94,16 @@ def test_batch_size_must_divide_by_devices():
 def test_epoch_indices_partition_the_epoch_across_hosts():
   cpu = jax.devices()[0]
   n, steps, per_device = 103, 4, 3
-  hosts = [train.Topology(devices=(cpu, cpu), process_index=i, process_count=2)
+  hosts = [parallel.Topology(devices=(cpu, cpu), process_index=i, process_count=2)
            for i in range(2)]
-  parts = [train.epoch_indices(n, 5, 0, steps, t, per_device) for t in hosts]
+  parts = [parallel.epoch_indices(n, 5, 0, steps, t, per_device) for t in hosts]
   assert parts[0].shape == (2, steps, per_device) and parts[0].dtype == np.int32
   # Global batch of step s = host 0's devices then host 1's: no index repeats.
   everything = np.concatenate([p.transpose(1, 0, 2).reshape(steps, -1) for p in parts], 1)
   assert len(np.unique(everything)) == steps * 12 and everything.max() < n
-  again = train.epoch_indices(n, 5, 0, steps, hosts[0], per_device)
+  again = parallel.epoch_indices(n, 5, 0, steps, hosts[0], per_device)
   np.testing.assert_array_equal(parts[0], again)
-  other_epoch = train.epoch_indices(n, 6, 0, steps, hosts[0], per_device)
+  other_epoch = parallel.epoch_indices(n, 6, 0, steps, hosts[0], per_device)
   assert not np.array_equal(parts[0], other_epoch)
 
 
@@ -110,7 +112,7 @@ def test_eval_data_covers_every_example_once(n, batch):
   rng = np.random.default_rng(n)
   split = input_pipeline.Split(rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8),
                                np.arange(n, dtype=np.int32))
-  data = train.shard_eval_data(split, train.Topology.current(), batch)
+  data = parallel.shard_eval_data(split, parallel.Topology.current(), batch)
   mask = np.asarray(data.mask).reshape(-1)
   labels = np.asarray(data.labels).reshape(-1)
   assert mask.sum() == n
@@ -141,7 +143,7 @@ def test_smoke_run_writes_its_outputs(smoke_run):
   # num_seeds=1: the state has a replica axis of 1.
   assert state.step.tolist() == [2 * (config.data.max_train_examples // config.batch_size)]
   summary = open(os.path.join(workdir, "model_summary.txt")).read()
-  params = sum(x.size for x in jax.tree.leaves(train.replica(state.params, 0)))
+  params = sum(x.size for x in jax.tree.leaves(steps.replica(state.params, 0)))
   assert f"parameters: {params:,}" in summary and "FLOPs per image" in summary
   assert os.listdir(os.path.join(workdir, "tensorboard", "replica0"))
   assert json.load(open(os.path.join(workdir, "config.json")))["model"]["arch"] == "resnet18"
@@ -150,14 +152,14 @@ def test_smoke_run_writes_its_outputs(smoke_run):
 def test_evaluation_agrees_with_a_direct_forward_pass(smoke_run, cifar10_small):
   config, _, state = smoke_run
   dataset = input_pipeline.load_dataset(config.data)
-  topology = train.Topology.current()
-  data = train.shard_eval_data(dataset.test, topology, 48)  # 256 = 5 batches + 16
-  p_eval = train.make_eval_fn(config, dataset.num_classes, topology)
+  topology = parallel.Topology.current()
+  data = parallel.shard_eval_data(dataset.test, topology, 48)  # 256 = 5 batches + 16
+  p_eval = steps.make_eval_fn(config, dataset.num_classes, topology)
   from flax import jax_utils
   totals = p_eval(jax_utils.replicate(state), data)
-  [result] = train.summarize_eval(train.unreplicate(totals))
+  [result] = steps.summarize_eval(parallel.unreplicate(totals))
   model = train.create_model(config, dataset.num_classes, axis_name=None)
-  state = train.replica(state, 0)
+  state = steps.replica(state, 0)
   logits = np.asarray(model.apply(
       {"params": state.params, "batch_stats": state.batch_stats},
       input_pipeline.normalize(jnp.asarray(dataset.test.images)), train=False))

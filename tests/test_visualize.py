@@ -8,7 +8,7 @@ from PIL import Image
 import pytest
 import pywt
 
-from wacnn_jax import evaluate
+from wacnn_jax import restore
 from wacnn_jax import input_pipeline
 from wacnn_jax import models
 from wacnn_jax import train
@@ -21,8 +21,8 @@ BLOCK, LAYER = "stage2_block0/wavelet_attention", "stage2_block0/conv1"
 def restored(smoke_wa_run, smoke_baseline_run):
   """(WA, baseline) checkpoints restored on the same dataset."""
   dataset = input_pipeline.load_dataset(smoke_wa_run.config.data)
-  return (evaluate.restore_checkpoint(smoke_wa_run.config, smoke_wa_run.workdir, dataset=dataset),
-          evaluate.restore_checkpoint(smoke_baseline_run.config, smoke_baseline_run.workdir,
+  return (restore.restore_checkpoint(smoke_wa_run.config, smoke_wa_run.workdir, dataset=dataset),
+          restore.restore_checkpoint(smoke_baseline_run.config, smoke_baseline_run.workdir,
                                       dataset=dataset))
 
 

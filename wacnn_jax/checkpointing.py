@@ -131,9 +131,7 @@ class Checkpointer:
         ]),
     )
     if not create and not os.path.isdir(self.directory):
-      raise CheckpointError(
-          f"no checkpoints in {self.directory}: train first (mode=train) with "
-          "this --workdir, or point --workdir at a finished run.")
+      raise self._no_checkpoints()
     self._manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "meta"), options=options)
 
@@ -171,6 +169,23 @@ class Checkpointer:
       raise DamagedCheckpointError(
           f"checkpoint {step} in {self.directory} is damaged ({short_reason(e)}).") from e
 
+  def _no_checkpoints(self) -> CheckpointError:
+    return CheckpointError(
+        f"no checkpoints in {self.directory}: train first with this --workdir, "
+        "or point --workdir at a finished run.")
+
+  def find_step(self, step: int) -> int:
+    """Checkpoint `step`, or for a negative `step` the best one; CheckpointError if none."""
+    if not self.all_steps():
+      raise self._no_checkpoints()
+    if step < 0:
+      return self.best_step()
+    if step not in self.all_steps():
+      raise CheckpointError(
+          f"no checkpoint {step} in {self.directory}; there are {self.all_steps()} "
+          "(--eval.step=-1 takes the best).")
+    return step
+
   def best_step(self) -> int | None:
     steps = self.all_steps()
     if not steps:
@@ -184,11 +199,7 @@ class Checkpointer:
     entries that the checkpoint does not record (older checkpoints) are not
     compared.
     """
-    if step not in self.all_steps():
-      raise CheckpointError(
-          f"no checkpoint {step} in {self.directory}; there are "
-          f"{self.all_steps() or 'none'}.")
-    meta = self.read_meta(step)
+    meta = self.read_meta(self.find_step(step))
     saved = meta.get("identity", {})
     mismatched = {k: (saved[k], v) for k, v in self.identity.items()
                   if k in saved and saved[k] != v}

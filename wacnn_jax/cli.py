@@ -1,29 +1,48 @@
-"""The command line behind `run_train.py`: flag parsing with readable errors, and dispatch."""
+"""The command line: `python -m wacnn_jax COMMAND [--flag=value ...]`.
+
+    python -m wacnn_jax train --config configs/default.py --workdir W [--config.a.b=v ...]
+    python -m wacnn_jax evaluate --workdir W [--config F] [--eval.noise=True ...]
+    python -m wacnn_jax report W1 W2 ... [--out DIR]
+    python -m wacnn_jax visualize --workdir W [--baseline W0] [--out PNG]
+    python -m wacnn_jax reproduce --data D [--table cifar10] [--budget S ...]
+
+`run_train.py --config ... --workdir ...` is `train`. Every command takes
+absl `--flag=value` flags (`--helpfull` lists them); a bad command line is
+one `error:` line on stderr and exit status 2; a problem with the user's input
+found later (USER_ERRORS) is one `error:` line and exit status 1.
+"""
 
 from __future__ import annotations
 
 import logging as python_logging
 import os
 import runpy
+import dataclasses
 import sys
 import traceback
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from absl import flags
 from absl import logging
 import jax
 import ml_collections
+from ml_collections import config_flags
 
 from wacnn_jax import checkpointing
+from wacnn_jax import epochs
+from wacnn_jax import evaluate
 from wacnn_jax import input_pipeline
+from wacnn_jax import report
+from wacnn_jax import reproduce
+from wacnn_jax import restore
 from wacnn_jax import train
+from wacnn_jax import visualize
 from wacnn_jax import workdirs
 
-MODES = ("train", "evaluate")
 # Errors that describe a problem with the user's input: shown as one message.
 USER_ERRORS = (ValueError, FileNotFoundError, input_pipeline.DatasetError,
                checkpointing.CheckpointError, workdirs.WorkdirError,
-               train.DivergenceError)
+               epochs.DivergenceError)
 
 
 # INFO records of these libraries (Orbax's ~40 lines per checkpoint save, JAX's
@@ -70,17 +89,29 @@ def _exit_with_usage_error(message: str) -> NoReturn:
   sys.exit(2)
 
 
-def parse_flags(argv):
-  """`app.run` flags parser: a bad command line is one `error:` line on stderr and exit status 2.
+# Experiment-config fields that became `evaluate` flags.
+MOVED_TO_EVALUATE = ("mode", "checkpoint_step", "eval")
 
-  (absl prints nothing itself for a custom parser's errors.) A bad
-  `--config.x=y` also lists the valid keys.
+
+def parse_flags(flag_values: flags.FlagValues, argv: list[str],
+                positional: bool = False) -> list[str]:
+  """Parses `argv` into `flag_values`; returns the positional arguments.
+
+  A bad command line exits with one `error:` line on stderr and status 2; a
+  bad `--config.x=y` also lists the valid keys. Positional arguments are an
+  error unless `positional`.
   """
   path = _config_path(argv)
   if path is not None and not os.path.isfile(path):
     _exit_with_usage_error(f"--config {path}: no such file.")
+  for arg in argv[1:]:
+    key = arg[len("--config."):].split("=", 1)[0] if arg.startswith("--config.") else ""
+    if key.split(".")[0] in MOVED_TO_EVALUATE:
+      _exit_with_usage_error(
+          f"--config.{key} is not an experiment setting: evaluate a checkpoint with "
+          "`python -m wacnn_jax evaluate --workdir W [--eval.step=N] [--eval.noise=True]`.")
   try:
-    remaining = flags.FLAGS(argv)
+    remaining = flag_values(argv)
   except flags.Error as e:  # a bad value, an unknown or a missing flag
     _exit_with_usage_error(" ".join(str(e).split()))
   except Exception as e:  # pylint: disable=broad-except
@@ -93,9 +124,9 @@ def parse_flags(argv):
       except Exception:  # pylint: disable=broad-except
         pass
     _exit_with_usage_error(f"bad config override ({type(e).__name__}: {message}).{valid}")
-  if len(remaining) > 1:
+  if len(remaining) > 1 and not positional:
     _exit_with_usage_error(f"unexpected arguments {remaining[1:]}; every option is a --flag.")
-  return remaining
+  return remaining[1:]
 
 
 def in_process_group() -> bool:
@@ -117,8 +148,8 @@ def leave_process_group(exit_code: int) -> None:
   os._exit(exit_code)  # pylint: disable=protected-access
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Runs `config.mode` in `workdir`; returns the process exit code.
+def report_user_errors(workdir: str, action: Callable[[], object]) -> int:
+  """Runs `action()` (training or evaluation in `workdir`); returns the exit code.
 
   A user error (USER_ERRORS) is one `error:` line on stderr, exit code 1, and
   its traceback in `workdir/error.log` where the workdir can take it.
@@ -127,13 +158,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   processes other than 0.
   """
   try:
-    if config.mode == "train":
-      train.train_and_evaluate(config, workdir)
-    elif config.mode == "evaluate":
-      from wacnn_jax import evaluate  # pylint: disable=g-import-not-at-top
-      evaluate.evaluate_checkpoint(config, workdir)
-    else:
-      raise ValueError(f"unknown mode {config.mode!r}; use one of {MODES}.")
+    action()
   except USER_ERRORS as e:
     note = _write_error_log(e, workdir)
     sys.stderr.write(f"error: {e}{' ' + note if note else ''}\n")
@@ -146,6 +171,169 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
       leave_process_group(1)
     raise
   return 0
+
+
+def _print_error(action: Callable[[], int]) -> int:
+  """Runs a post-training tool; a user error is one `error:` line and exit code 1."""
+  try:
+    return action()
+  except USER_ERRORS as e:
+    sys.stderr.write(f"error: {e}\n")
+    return 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """A subcommand: its flags (`define(flag_values)`) and what it runs (`run(flag_values, args)`)."""
+
+  help: str
+  define: Callable[[flags.FlagValues], None]
+  run: Callable[[flags.FlagValues, list[str]], int]
+  positional: str = ""  # what positional arguments are, if it takes any
+
+
+def _define_train(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.",
+                      flag_values=fv, required=True)
+  config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
+                                  flag_values=fv, lock_config=True)
+  flags.mark_flag_as_required("config", flag_values=fv)
+
+
+def _run_train(fv: flags.FlagValues, args: list[str]) -> int:
+  del args
+  return report_user_errors(fv.workdir, lambda: train.train_and_evaluate(fv.config, fv.workdir))
+
+
+def _define_evaluate(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("workdir", None, "Workdir of a training run.", flag_values=fv,
+                      required=True)
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file with get_config() (default: the run's config.json).",
+      flag_values=fv, lock_config=True)
+  config_flags.DEFINE_config_dict("eval", evaluate.default_options(), "Evaluation options.",
+                                  flag_values=fv, lock_config=True)
+
+
+def _run_evaluate(fv: flags.FlagValues, args: list[str]) -> int:
+  del args
+
+  def run():
+    config = fv.config if fv.config is not None else restore.load_config(fv.workdir)
+    evaluate.evaluate_checkpoint(config, fv.workdir, fv.eval)
+
+  return report_user_errors(fv.workdir, run)
+
+
+def _define_report(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("out", "report", "Output folder.", flag_values=fv)
+
+
+def _run_report(fv: flags.FlagValues, args: list[str]) -> int:
+  if not args:
+    _exit_with_usage_error("report: name one or more training workdirs.")
+  return _print_error(lambda: report.print_report(args, fv.out))
+
+
+def _define_visualize(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("workdir", None, "Workdir of a training run with WA.", flag_values=fv,
+                      required=True)
+  flags.DEFINE_string("baseline", None, "Workdir of the same network without WA.",
+                      flag_values=fv)
+  flags.DEFINE_integer("images", 4, "How many test images (one per class).", flag_values=fv)
+  flags.DEFINE_string("image_folder", None, "Overrides data.image_folder of the runs.",
+                      flag_values=fv)
+  flags.DEFINE_integer("replica", 0, "Which replica of a run trained with num_seeds > 1: "
+                       "K is the one of seed seed + K.", flag_values=fv)
+  flags.DEFINE_integer("baseline_replica", 0, "Which replica of the --baseline run.",
+                       flag_values=fv)
+  flags.DEFINE_string("out", "attention_maps.png",
+                      "Output PNG; with several WA blocks, _wa<k> is added per block.",
+                      flag_values=fv)
+  flags.DEFINE_integer("dpi", 100, "Figure resolution.", flag_values=fv)
+
+
+def _run_visualize(fv: flags.FlagValues, args: list[str]) -> int:
+  del args
+  return _print_error(lambda: visualize.save_attention_maps(
+      fv.workdir, baseline=fv.baseline, images=fv.images, image_folder=fv.image_folder,
+      replica=fv.replica, baseline_replica=fv.baseline_replica, out=fv.out, dpi=fv.dpi))
+
+
+def _define_reproduce(fv: flags.FlagValues) -> None:
+  flags.DEFINE_string("data", None, "An image folder or .tar.gz of one, or 'tfds' to use "
+                      "tensorflow-datasets.", flag_values=fv, required=True)
+  flags.DEFINE_enum("table", "cifar10", ("cifar10", "cifar100"), "The dataset.",
+                    flag_values=fv)
+  flags.DEFINE_list("archs", ["resnet18", "mobilenetv2", "vgg16_bn"], "Backbones.",
+                    flag_values=fv)
+  flags.DEFINE_list("attentions", ["none", "wa"], "Attention specs (see README).",
+                    flag_values=fv)
+  flags.DEFINE_integer("seeds", 4, "Seeds per cell.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_string("results", "results", "Results folder.", flag_values=fv)
+  flags.DEFINE_float("budget", None, "Wall-clock seconds.", flag_values=fv)
+  flags.DEFINE_float("min_run_seconds", 60.0,
+                     "Start no run with less than this left of the budget.", flag_values=fv)
+  flags.DEFINE_float("keep_checkpoints_mb", 5.0,
+                     "Keep a finished run's checkpoints when they total less.", flag_values=fv)
+  flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every run (repeatable).",
+                            flag_values=fv)
+
+
+def _run_reproduce(fv: flags.FlagValues, args: list[str]) -> int:
+  del args
+  return _print_error(lambda: reproduce.run_grid(
+      fv.table, fv.archs, fv.attentions, fv.seeds, fv.data, fv.results, fv.budget, fv.set,
+      fv.min_run_seconds, fv.keep_checkpoints_mb))
+
+
+COMMANDS = {
+    "train": Command("Train (and evaluate every epoch) a config in a workdir; resumes.",
+                     _define_train, _run_train),
+    "evaluate": Command("Evaluate a checkpoint of a workdir, optionally under noise.",
+                        _define_evaluate, _run_evaluate),
+    "report": Command("Compare training runs: a markdown table and training curves.",
+                      _define_report, _run_report, positional="WORKDIR ..."),
+    "visualize": Command("Attention maps of a WA run's checkpoint next to a baseline run.",
+                         _define_visualize, _run_visualize),
+    "reproduce": Command("Train the paper's comparison grid and write its results tables.",
+                         _define_reproduce, _run_reproduce),
+}
+
+
+def usage() -> str:
+  lines = ["usage: python -m wacnn_jax COMMAND [--flag=value ...]   (COMMAND --helpfull: "
+           "its flags)", "", "commands:"]
+  lines += [f"  {name:<10} {command.help}" for name, command in COMMANDS.items()]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Runs `argv` = [program, COMMAND, flags...]; returns the exit code."""
+  argv = sys.argv if argv is None else argv
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(usage())
+    return 0 if len(argv) >= 2 else 2
+  if argv[1] not in COMMANDS:
+    _exit_with_usage_error(f"unknown command {argv[1]!r}.\n{usage()}")
+  command = COMMANDS[argv[1]]
+  fv = flags.FlagValues()
+  command.define(fv)
+  program = ("python -m wacnn_jax" if argv[0].endswith("__main__.py")
+             else os.path.basename(argv[0]))
+  if argv[1] != "train" or program != "run_train.py":
+    program = f"{program} {argv[1]}"
+  if "--helpfull" in argv[2:] or "--help" in argv[2:] or "-h" in argv[2:]:
+    print(f"usage: {program} [--flag=value ...] {command.positional}\n\n{command.help}\n\n"
+          f"{fv.get_help(include_special_flags=False)}")
+    return 0
+  args = parse_flags(fv, [program] + argv[2:], positional=bool(command.positional))
+  if not flags.FLAGS.is_parsed():  # absl logging reads its own flags' defaults
+    flags.FLAGS([program])
+  logging.use_absl_handler()
+  logging.set_verbosity(logging.INFO)
+  quiet_library_logs()
+  return command.run(fv, args)
 
 
 def _write_error_log(error: BaseException, workdir: str) -> str:
@@ -165,9 +353,3 @@ def _write_error_log(error: BaseException, workdir: str) -> str:
   except OSError as e:
     return f"(no error.log: {e.strerror or e})"
   return f"(traceback in {log_path})"
-
-
-def main(app, main_fn) -> int:
-  """`app.run(main_fn)` with `parse_flags`."""
-  app.run(main_fn, flags_parser=parse_flags)
-  return 0

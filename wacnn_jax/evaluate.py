@@ -1,16 +1,17 @@
 """Evaluate a trained checkpoint: accuracy, per-class accuracy, confusion, noise robustness.
 
-    python run_train.py --config configs/smoke.py --workdir DIR --config.mode=evaluate \
-        [--config.checkpoint_step=N] [--config.eval.noise=True] [--config.eval.visualize=True]
+    python -m wacnn_jax evaluate --workdir DIR [--eval.step=N] [--eval.noise=True] \
+        [--eval.visualize=True] [--config configs/default.py --config.x=y ...]
 
-`evaluate_checkpoint(config, workdir)` restores the best checkpoint (or
-`config.checkpoint_step`) of `workdir`, evaluates each of its `num_seeds`
-replicas on the test split with the training loop's own evaluation
-(`train.make_eval_fn` / `eval_batches` / `summarize_eval`), prints the results
+`evaluate_checkpoint(config, workdir, options)` restores the best checkpoint
+(or `options.step`) of `workdir`, evaluates each of its `num_seeds` replicas
+on the test split with the training loop's own evaluation
+(`steps.make_eval_fn` / `eval_batches` / `summarize_eval`), prints the results
 (per replica, and their mean ± std) and writes `eval.json` and
-`confusion.png` to the workdir. With `eval.noise` it repeats the evaluation on
-corrupted test images (`eval.gaussian_stddevs`, `eval.salt_pepper_amounts`,
-`eval.blur_sigmas`); with `eval.visualize` it saves attention-map figures.
+`confusion.png` to the workdir. With `options.noise` it repeats the
+evaluation on corrupted test images (`gaussian_stddevs`,
+`salt_pepper_amounts`, `blur_sigmas`); with `options.visualize` it saves
+attention-map figures. `default_options()` lists the options.
 
 Corruptions (`gaussian_noise`, `salt_and_pepper`, `gaussian_blur`) are pure
 jittable functions `(images uint8 (b, H, W, C), key) -> uint8`, passed to
@@ -25,12 +26,11 @@ and the device, so a sweep is reproducible.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
 import os
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from absl import logging
 import jax
@@ -38,9 +38,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
+from wacnn_jax import parallel
+from wacnn_jax import restore
+from wacnn_jax import steps
 from wacnn_jax import train
+from wacnn_jax import visualize
 from wacnn_jax import workdirs
 
 NOISE_CONVENTION = (
@@ -107,7 +110,19 @@ def gaussian_blur(images: jax.Array, key: jax.Array, sigma: float) -> jax.Array:
   return _to_uint8(x)
 
 
-# name -> (function, the config field that lists its strengths)
+def default_options() -> ml_collections.ConfigDict:
+  """The evaluation options (`--eval.<name>` flags of `python -m wacnn_jax evaluate`)."""
+  options = ml_collections.ConfigDict()
+  options.step = -1  # the checkpoint's step; -1 = the best checkpoint
+  options.noise = False  # also run the noise-robustness sweep
+  options.gaussian_stddevs = (0.0, 0.02, 0.05, 0.1, 0.2)  # in [0, 1] pixel units
+  options.salt_pepper_amounts = ()
+  options.blur_sigmas = ()
+  options.visualize = False  # save attention/feature-map figures
+  return options
+
+
+# name -> (function, the option that lists its strengths)
 CORRUPTIONS = {
     "gaussian": (gaussian_noise, "gaussian_stddevs"),
     "salt_pepper": (salt_and_pepper, "salt_pepper_amounts"),
@@ -129,11 +144,11 @@ def corruption(name: str, strength: float) -> Callable[[jax.Array, jax.Array], j
       "blur": {"sigma": strength}}[name])
 
 
-def sweep_from_config(eval_config) -> list[tuple[str, float]]:
-  """(corruption, strength) pairs listed in `config.eval`."""
+def noise_sweep(options: ml_collections.ConfigDict) -> list[tuple[str, float]]:
+  """(corruption, strength) pairs listed in the evaluation `options`."""
   pairs = []
   for name, (_, field) in CORRUPTIONS.items():
-    values = eval_config.get(field) or ()
+    values = options.get(field) or ()
     if isinstance(values, (int, float)):
       values = (values,)
     for value in values:
@@ -147,89 +162,6 @@ def sweep_from_config(eval_config) -> list[tuple[str, float]]:
 # ---------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Restored:
-  """A checkpoint restored for evaluation, with its model and dataset."""
-
-  config: ml_collections.ConfigDict
-  state: train.TrainState  # on the host, without the device axis; all R replicas (R, ...)
-  step: int
-  meta: dict
-  dataset: input_pipeline.Dataset
-  model: Any  # the Flax module without a pmap axis (for visualisation)
-  replica: int = 0  # whose `variables` are shown
-
-  @property
-  def variables(self) -> dict:
-    """Replica `replica`'s {params, batch_stats} (no replica axis)."""
-    state = train.replica(self.state, self.replica)
-    return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved in `workdir/config.json`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise checkpointing.CheckpointError(
-        f"{path} does not exist: {workdir!r} is not a training workdir.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def abstract_train_state(config, model, dataset: input_pipeline.Dataset):
-  """The replicas' TrainState: structure, shapes (R, ...) and dtypes (nothing is computed)."""
-  steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
-  learning_rate_fn = train.create_learning_rate_fn(config, steps_per_epoch)
-  return jax.eval_shape(lambda: train.create_train_states(
-      config, model, dataset.image_shape, learning_rate_fn))
-
-
-def restore_checkpoint(config, workdir: str, step: int | None = None,
-                       dataset: input_pipeline.Dataset | None = None,
-                       replica: int = 0) -> Restored:
-  """Restores checkpoint `step` (default `config.checkpoint_step`; -1 = best) of `workdir`.
-
-  All `config.num_seeds` replicas are restored; `replica` picks whose
-  `Restored.variables` are. Raises ValueError for a replica that is not in
-  the run, CheckpointError when there is no such checkpoint, it cannot be
-  read, or it belongs to another model, other classes or another number of
-  replicas.
-  """
-  if not 0 <= replica < config.num_seeds:
-    raise ValueError(f"replica {replica} is not in the run: it trained num_seeds="
-                     f"{config.num_seeds} replica(s), 0 to {config.num_seeds - 1}.")
-  # The checkpoints are looked up before the (slow) dataset is read.
-  checkpoints = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
-                                           create=False)
-  try:
-    if step is None:
-      step = config.get("checkpoint_step", -1)
-    if step is None or step < 0:
-      step = checkpoints.best_step()
-      if step is None:
-        raise checkpointing.CheckpointError(
-            f"no checkpoints in {checkpoints.directory}: train first (mode=train) "
-            "with this --workdir, or point --workdir at a finished run.")
-    elif step not in checkpoints.all_steps():
-      raise checkpointing.CheckpointError(
-          f"no checkpoint {step} in {checkpoints.directory}; there are "
-          f"{checkpoints.all_steps() or 'none'} (checkpoint_step=-1 takes the best).")
-    if dataset is None:
-      dataset = input_pipeline.load_dataset(config.data)
-    model = train.create_model(config, dataset.num_classes)
-    checkpoints.identity = train.checkpoint_identity(config, dataset)
-    state, meta = checkpoints.restore(int(step), abstract_train_state(config, model, dataset))
-  except checkpointing.DamagedCheckpointError as e:
-    raise checkpointing.DamagedCheckpointError(
-        f"{e} Evaluate another with --config.checkpoint_step (there are "
-        f"{checkpoints.all_steps()}); training on in this workdir sets damaged "
-        "checkpoints aside.") from e
-  finally:
-    checkpoints.close()
-  return Restored(config, state, int(step), meta, dataset,
-                  train.create_model(config, dataset.num_classes, axis_name=None), replica)
-
-
 # ---------------------------------------------------------------------------
 # Evaluation.
 # ---------------------------------------------------------------------------
@@ -238,21 +170,21 @@ def restore_checkpoint(config, workdir: str, step: int | None = None,
 class Evaluator:
   """The training loop's evaluation of the replicas (R, ...) of a state on one split.
 
-  Calls return one summary per replica (`train.summarize_eval`).
+  Calls return one summary per replica (`steps.summarize_eval`).
   """
 
   def __init__(self, config, state, split: input_pipeline.Split, num_classes: int,
                devices=None):
     self.config = config
     self.num_classes = num_classes
-    self.topology = train.Topology.current(devices)
-    self.data = train.shard_eval_data(split, self.topology, config.eval_batch_size)
-    self.state = train.replicate_state(state, self.topology)
+    self.topology = parallel.Topology.current(devices)
+    self.data = parallel.shard_eval_data(split, self.topology, config.eval_batch_size)
+    self.state = parallel.replicate_state(state, self.topology)
 
   def __call__(self, transform=None) -> list[dict]:
-    evaluate = train.make_eval_fn(self.config, self.num_classes, self.topology,
+    evaluate = steps.make_eval_fn(self.config, self.num_classes, self.topology,
                                   transform=transform)
-    return train.summarize_eval(train.unreplicate(evaluate(self.state, self.data)))
+    return steps.summarize_eval(parallel.unreplicate(evaluate(self.state, self.data)))
 
   def sweep(self, pairs: Sequence[tuple[str, float]]) -> list[list[dict]]:
     """Per replica, accuracy, top-5 and loss for each (corruption, strength): [replica][pair]."""
@@ -350,25 +282,29 @@ def _dataset_name(config) -> str:
   return os.path.basename(str(folder).rstrip("/")) if folder else config.data.dataset
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                        options: ml_collections.ConfigDict | None = None, *,
                         devices=None, dataset: input_pipeline.Dataset | None = None,
                         verbose: bool = True) -> dict:
   """Evaluates a checkpoint of `workdir`, prints the results, writes eval.json and confusion.png.
+
+  `config` is the run's (`restore.load_config(workdir)`, or a config file's
+  with the same model); `options` default to `default_options()`.
 
   A failure to write (WorkdirError) comes after the results are printed.
   Returns the eval.json content: step, epoch, class_names, "replicas" (one
   dict per replica: replica, seed, loss, accuracy, top5_accuracy, count,
   per_class_accuracy, confusion (true rows x predicted columns) and, when
-  `config.eval.noise`, "noise": a list of {corruption, strength, accuracy,
+  `options.noise`, "noise": a list of {corruption, strength, accuracy,
   top5_accuracy, loss, count}), and the replicas combined
   (`mean_over_replicas`): loss, accuracy, top5_accuracy, their `_std`s,
   count, per_class_accuracy, confusion, and "noise" rows with means and `_std`s.
   """
-  from wacnn_jax import visualize  # pylint: disable=g-import-not-at-top
+  options = options if options is not None else default_options()
   train.validate_config(config)
-  pairs = sweep_from_config(config.eval) if config.eval.noise else []  # validate first
-  train.initialize_distributed(config)
-  restored = restore_checkpoint(config, workdir, dataset=dataset)
+  pairs = noise_sweep(options) if options.noise else []  # validate first
+  parallel.initialize_distributed(config)
+  restored = restore.restore_checkpoint(config, workdir, step=options.step, dataset=dataset)
   dataset = restored.dataset
   evaluator = Evaluator(config, restored.state, dataset.test, dataset.num_classes, devices)
   replicas = [{"replica": k, "seed": seed, **summary} for k, (seed, summary) in
@@ -404,11 +340,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
             title=f"{config.model.arch} + {config.model.attention}, step {restored.step}: "
             f"top-1 {result['accuracy']:.4f}"),
         os.path.join(workdir, "confusion.png"))]
-    if config.eval.visualize:
+    if options.visualize:
       images, labels = visualize.pick_images(dataset.test)
       figures += visualize.save_model_figures(
           restored.model, restored.variables, images, labels, dataset.class_names, workdir,
-          baseline_layers=wa_twin_layers(config, dataset))
+          baseline_layers=visualize.wa_twin_layers(config, dataset))
     result["figures"] = [os.path.basename(f) for f in figures]
     workdirs.write_atomically(os.path.join(workdir, "eval.json"), json.dumps(result, indent=1))
   except OSError as e:
@@ -416,16 +352,3 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *,
         f"cannot write the evaluation files to {workdir} ({e.strerror or e})"
         f"{'; the results are printed above' if verbose else ''}.") from e
   return result
-
-
-def wa_twin_layers(config, dataset: input_pipeline.Dataset) -> list[str]:
-  """Paths of the layers after the WA blocks in the WA version of `config`'s network."""
-  from wacnn_jax import visualize  # pylint: disable=g-import-not-at-top
-  twin = ml_collections.ConfigDict(config.to_dict())
-  twin.model.attention = "wa"
-  twin.model.attention_param = None
-  model = train.create_model(twin, dataset.num_classes, axis_name=None)
-  variables = jax.eval_shape(lambda: train.initial_variables(
-      model, dataset.image_shape, jax.random.PRNGKey(0)))
-  return [layer for _, layer in visualize.layer_pairs(model, variables, dataset.image_shape)
-          if layer is not None]

@@ -1,9 +1,9 @@
 """Compare training runs: a markdown table (the paper's tables) and training-curve plots.
 
-    python -m wacnn_jax.report runs/r18 runs/r18_wa runs/r18_wa_seed1 [--out report]
+    python -m wacnn_jax report runs/r18 runs/r18_wa runs/r18_wa_seed1 [--out report]
 
 Reads each workdir's `config.json`, `metrics.jsonl`, `model_summary.json` and,
-when present, `eval.json` (from `--config.mode=evaluate`). A workdir trained
+when present, `eval.json` (from `python -m wacnn_jax evaluate`). A workdir trained
 with `num_seeds` = R > 1 holds R runs, replica k being the run of seed
 `seed + k` (its rows of metrics.jsonl and its entry of eval.json's
 "replicas"); they are named `<workdir> (replica k)` and count exactly as
@@ -25,7 +25,6 @@ Accuracies are in percent.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -329,22 +328,13 @@ def make_report(workdirs: Sequence[str], out: str = "report") -> dict:
   return {"markdown": markdown, "paths": paths, "runs": runs}
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m wacnn_jax.report",
-      description="Compare wacnn_jax training runs: markdown table and training curves.")
-  parser.add_argument("workdirs", nargs="+", help="training workdirs (--workdir of run_train.py)")
-  parser.add_argument("--out", default="report", help="output folder (default: ./report)")
-  args = parser.parse_args(argv)
+def print_report(workdirs: Sequence[str], out: str) -> int:
+  """`python -m wacnn_jax report`: `make_report`, printed; the exit code."""
   try:
-    result = make_report(args.workdirs, args.out)
+    result = make_report(workdirs, out)
   except (ValueError, OSError) as e:
     sys.stderr.write(f"error: {e}\n")
     return 1
   print(result["markdown"])
   print(f"wrote {', '.join(result['paths'].values())}")
   return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -1,6 +1,6 @@
 """Reproduce the paper's comparison: a grid of (arch, attention, seed) runs, with error bars.
 
-    python -m wacnn_jax.reproduce --table cifar10 --archs resnet18,mobilenetv2,vgg16_bn \
+    python -m wacnn_jax reproduce --table cifar10 --archs resnet18,mobilenetv2,vgg16_bn \
         --attentions none,wa --seeds 4 --data ../shared/data/cifar10-jpeg.tar.gz \
         [--budget SECONDS] [--results results] [--set num_epochs=2 ...]
 
@@ -27,7 +27,6 @@ baseline with a 95 % Welch t-interval, beside the paper's reported delta.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -201,7 +200,7 @@ def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95):
 def results_markdown(table: str, cells: Sequence[Cell], runs: dict, seeds: int) -> str:
   """README.md of RESULTS/<table>: the per-cell table and the WA-minus-baseline deltas."""
   lines = [f"# {table}: reproduction of the paper's comparison", "",
-           "Written by `python -m wacnn_jax.reproduce`; top-1 test accuracy in percent, "
+           "Written by `python -m wacnn_jax reproduce`; top-1 test accuracy in percent, "
            "mean ± sample standard deviation over the finished seeds. *best*: the best "
            "epoch of each run (as the reference reports it); *final*: the last epoch.", "",
            "| arch | attention | seeds finished | epochs | best top-1 | final top-1 | "
@@ -286,39 +285,18 @@ def reproduce(table: str, archs: Sequence[str], attentions: Sequence[str], seeds
   return runs
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m wacnn_jax.reproduce", description=__doc__.split("\n")[0])
-  parser.add_argument("--table", default="cifar10", help="the dataset: cifar10 or cifar100")
-  parser.add_argument("--archs", default="resnet18,mobilenetv2,vgg16_bn")
-  parser.add_argument("--attentions", default="none,wa")
-  parser.add_argument("--seeds", type=int, default=4)
-  parser.add_argument("--data", required=True,
-                      help="an image folder or .tar.gz of one, or 'tfds' to use tensorflow-datasets")
-  parser.add_argument("--results", default="results")
-  parser.add_argument("--budget", type=float, default=None, help="wall-clock seconds")
-  parser.add_argument("--min-run-seconds", type=float, default=60.0,
-                      help="start no run with less than this left of the budget")
-  parser.add_argument("--keep-checkpoints-mb", type=float, default=5.0,
-                      help="keep a finished run's checkpoints when they total less")
-  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="config override for every run (repeatable)")
-  args = parser.parse_args(argv)
-  if args.seeds < 1:
-    parser.error("--seeds must be at least 1")
-  if args.data != "tfds" and not os.path.exists(args.data):
-    parser.error(f"--data {args.data!r} does not exist; give an image folder, an archive "
-                 "of one, or 'tfds'")
+def run_grid(table: str, archs: Sequence[str], attentions: Sequence[str], seeds: int,
+             data: str, results: str, budget: float | None, overrides: Sequence[str],
+             min_run_seconds: float, keep_checkpoints_mb: float) -> int:
+  """`python -m wacnn_jax reproduce`: `reproduce` and where its table is; the exit code."""
+  if data != "tfds" and not os.path.exists(data):
+    raise ValueError(f"--data {data!r} does not exist; give an image folder, an archive "
+                     "of one, or 'tfds'.")
   try:
-    reproduce(args.table, args.archs.split(","), args.attentions.split(","), args.seeds,
-              args.data, args.results, args.budget, args.set, args.min_run_seconds,
-              args.keep_checkpoints_mb)
+    reproduce(table, archs, attentions, seeds, data, results, budget, overrides,
+              min_run_seconds, keep_checkpoints_mb)
   except RuntimeError as e:
     sys.stderr.write(f"error: {e}\n")
     return 1
-  print(f"results: {os.path.join(args.results, args.table, 'README.md')}")
+  print(f"results: {os.path.join(results, table, 'README.md')}")
   return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

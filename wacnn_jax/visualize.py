@@ -31,9 +31,13 @@ from typing import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 from matplotlib.figure import Figure
+import ml_collections
 import numpy as np
 
 from wacnn_jax import input_pipeline
+from wacnn_jax import restore
+from wacnn_jax import train
+from wacnn_jax.attention import WaveletAttention
 
 WA_NAMES = ("attention", "ll", "out")
 
@@ -91,7 +95,6 @@ def _call_order(model, variables, image_shape) -> tuple[list[tuple[str, ...]], d
 
 def wa_blocks(model, variables, image_shape=(32, 32, 3)) -> list[str]:
   """Paths of the model's WaveletAttention blocks, in call order."""
-  from wacnn_jax.attention import WaveletAttention  # pylint: disable=g-import-not-at-top
   found = []
 
   def record(module, method):
@@ -315,6 +318,18 @@ def confusion_figure(confusion, class_names: Sequence[str], *, title: str = "") 
   return fig
 
 
+def wa_twin_layers(config, dataset: input_pipeline.Dataset) -> list[str]:
+  """Paths of the layers after the WA blocks in the WA version of `config`'s network."""
+  twin = ml_collections.ConfigDict(config.to_dict())
+  twin.model.attention = "wa"
+  twin.model.attention_param = None
+  model = train.create_model(twin, dataset.num_classes, axis_name=None)
+  variables = jax.eval_shape(lambda: train.initial_variables(
+      model, dataset.image_shape, jax.random.PRNGKey(0)))
+  return [layer for _, layer in layer_pairs(model, variables, dataset.image_shape)
+          if layer is not None]
+
+
 def save_figure(fig: Figure, path: str, dpi: int = 100) -> str:
   fig.savefig(path, dpi=dpi)
   return path
@@ -350,60 +365,34 @@ def save_model_figures(model, variables, images, labels, class_names, workdir: s
   return written
 
 
-def main(argv=None) -> int:
-  """`python -m wacnn_jax.visualize WORKDIR [--replica K] [--baseline WORKDIR] [--out PNG]`."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
+def save_attention_maps(workdir: str, *, baseline: str | None = None, images: int = 4,
+                        image_folder: str | None = None, replica: int = 0,
+                        baseline_replica: int = 0, out: str = "attention_maps.png",
+                        dpi: int = 100) -> int:
+  """`python -m wacnn_jax visualize`: attention maps of `workdir`'s best checkpoint; exit code.
 
-  from wacnn_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from wacnn_jax import evaluate  # pylint: disable=g-import-not-at-top
+  Beside the `baseline` run's feature maps when given. One PNG per WA block
+  (`out`, or `<out>_wa<k>` with several); `image_folder` overrides the runs'
+  `data.image_folder`. Raises ValueError, CheckpointError or DatasetError.
+  """
 
-  parser = argparse.ArgumentParser(
-      prog="python -m wacnn_jax.visualize",
-      description="Attention maps of a WA run's best checkpoint, next to a baseline run.")
-  parser.add_argument("workdir", help="workdir of a training run with WA")
-  parser.add_argument("--baseline", help="workdir of the same network without WA")
-  parser.add_argument("--images", type=int, default=4,
-                      help="how many test images (one per class; default 4)")
-  parser.add_argument("--image-folder", help="override data.image_folder of the runs")
-  parser.add_argument("--replica", type=int, default=0,
-                      help="which replica of a run trained with num_seeds > 1: K is the one "
-                      "of seed seed + K (default 0)")
-  parser.add_argument("--baseline-replica", type=int, default=0,
-                      help="which replica of the --baseline run (default 0)")
-  parser.add_argument("--out", default="attention_maps.png",
-                      help="output PNG; with several WA blocks, _wa<k> is added per block")
-  parser.add_argument("--dpi", type=int, default=100)
-  args = parser.parse_args(argv)
+  def restore_run(run_workdir, run_replica, dataset=None):
+    config = restore.load_config(run_workdir)
+    if image_folder:
+      config.data.image_folder = image_folder
+    return restore.restore_checkpoint(config, run_workdir, dataset=dataset, replica=run_replica)
 
-  def restore(workdir, replica, dataset=None):
-    config = evaluate.load_config(workdir)
-    if args.image_folder:
-      config.data.image_folder = args.image_folder
-    return evaluate.restore_checkpoint(config, workdir, dataset=dataset, replica=replica)
-
-  try:
-    run = restore(args.workdir, args.replica)
-    baseline = (restore(args.baseline, args.baseline_replica, run.dataset) if args.baseline
-                else None)
-    images, labels = pick_images(run.dataset.test, args.images)
-    figures = attention_figures(
-        run.model, run.variables, images, labels=labels, class_names=run.dataset.class_names,
-        baseline=(baseline.model, baseline.variables) if baseline else None)
-  except (ValueError, checkpointing.CheckpointError, input_pipeline.DatasetError) as e:
-    sys.stderr.write(f"error: {e}\n")
-    return 1
+  run = restore_run(workdir, replica)
+  baseline_run = restore_run(baseline, baseline_replica, run.dataset) if baseline else None
+  chosen, labels = pick_images(run.dataset.test, images)
+  figures = attention_figures(
+      run.model, run.variables, chosen, labels=labels, class_names=run.dataset.class_names,
+      baseline=(baseline_run.model, baseline_run.variables) if baseline_run else None)
   if not figures:
-    sys.stderr.write(f"error: the model in {args.workdir} has no WA blocks "
-                     "(model.attention is not 'wa').\n")
-    return 1
-  stem, ext = os.path.splitext(args.out)
+    raise ValueError(f"the model in {workdir} has no WA blocks (model.attention is not 'wa').")
+  stem, ext = os.path.splitext(out)
   for k, (block, fig) in enumerate(figures):
-    path = args.out if len(figures) == 1 else f"{stem}_wa{k}{ext or '.png'}"
-    save_figure(fig, path, dpi=args.dpi)
+    path = out if len(figures) == 1 else f"{stem}_wa{k}{ext or '.png'}"
+    save_figure(fig, path, dpi=dpi)
     print(f"{block}: wrote {path}")
   return 0
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""A training run read back: its saved config and a checkpoint with its model and dataset.
+
+    run = restore_checkpoint(load_config(workdir), workdir)   # the best checkpoint
+    run.variables    # replica 0's {params, batch_stats}
+    run.model.apply(run.variables, x, train=False)            # x: (N, H, W, C) NHWC
+
+Used by evaluation, visualisation and notebooks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+from wacnn_jax import checkpointing
+from wacnn_jax import input_pipeline
+from wacnn_jax import steps
+from wacnn_jax import train
+
+
+@dataclasses.dataclass
+class Restored:
+  """A checkpoint restored for evaluation, with its model and dataset."""
+
+  config: ml_collections.ConfigDict
+  state: steps.TrainState  # on the host, without the device axis; all R replicas (R, ...)
+  step: int
+  meta: dict
+  dataset: input_pipeline.Dataset
+  model: Any  # the Flax module without a pmap axis (for visualisation)
+  replica: int = 0  # whose `variables` are shown
+
+  @property
+  def variables(self) -> dict:
+    """Replica `replica`'s {params, batch_stats} (no replica axis)."""
+    state = steps.replica(self.state, self.replica)
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in `workdir/config.json`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise checkpointing.CheckpointError(
+        f"{path} does not exist: {workdir!r} is not a training workdir.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def abstract_train_state(config, model, dataset: input_pipeline.Dataset):
+  """The replicas' TrainState: structure, shapes (R, ...) and dtypes (nothing is computed)."""
+  steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
+  learning_rate_fn = train.create_learning_rate_fn(config, steps_per_epoch)
+  return jax.eval_shape(lambda: train.create_train_states(
+      config, model, dataset.image_shape, learning_rate_fn))
+
+
+def restore_checkpoint(config, workdir: str, step: int = -1,
+                       dataset: input_pipeline.Dataset | None = None,
+                       replica: int = 0) -> Restored:
+  """Restores checkpoint `step` (-1, the default: the best) of `workdir`.
+
+  All `config.num_seeds` replicas are restored; `replica` picks whose
+  `Restored.variables` are. Raises ValueError for a replica that is not in
+  the run, CheckpointError when there is no such checkpoint, it cannot be
+  read, or it belongs to another model, other classes or another number of
+  replicas.
+  """
+  if not 0 <= replica < config.num_seeds:
+    raise ValueError(f"replica {replica} is not in the run: it trained num_seeds="
+                     f"{config.num_seeds} replica(s), 0 to {config.num_seeds - 1}.")
+  # The checkpoints are looked up before the (slow) dataset is read.
+  checkpoints = checkpointing.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                           create=False)
+  try:
+    step = checkpoints.find_step(step)
+    if dataset is None:
+      dataset = input_pipeline.load_dataset(config.data)
+    model = train.create_model(config, dataset.num_classes)
+    checkpoints.identity = train.checkpoint_identity(config, dataset)
+    state, meta = checkpoints.restore(int(step), abstract_train_state(config, model, dataset))
+  except checkpointing.DamagedCheckpointError as e:
+    raise checkpointing.DamagedCheckpointError(
+        f"{e} Evaluate another with --eval.step (there are "
+        f"{checkpoints.all_steps()}); training on in this workdir sets damaged "
+        "checkpoints aside.") from e
+  finally:
+    checkpoints.close()
+  return Restored(config, state, int(step), meta, dataset,
+                  train.create_model(config, dataset.num_classes, axis_name=None), replica)
