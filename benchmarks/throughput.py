@@ -432,7 +432,7 @@ def full_run(results: Results, data: str, seconds: float, quick: bool, workdir: 
 
   Runs in `workdir`, so a later invocation resumes from its latest
   checkpoint; the process is stopped (SIGTERM, then SIGKILL) at the deadline.
-  `quick` trains configs/smoke.py's tiny run instead (a CPU dry run).
+  `quick` trains configs/cifar.py:smoke's tiny run instead (a CPU dry run).
   """
   config = "smoke.py" if quick else "cifar10_resnet18.py"
   os.makedirs(workdir, exist_ok=True)

@@ -13,8 +13,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   # Replicas trained side by side in one program (vmapped): seeds seed, seed + 1, ...
   config.num_seeds = 1
-  # "train" runs train_and_evaluate; "evaluate" only evaluates a checkpoint.
-  config.mode = "train"
 
   config.model = ml_collections.ConfigDict()
   config.model.arch = "resnet18"
@@ -60,7 +58,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.half_precision = False  # bfloat16 compute, float32 parameters
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3  # the latest few; the best one is kept as well
-  config.checkpoint_step = -1  # evaluate mode: -1 = the best checkpoint
   config.log_every_steps = 50  # TensorBoard train-loss scalars
   config.distributed = False  # multi-host: call jax.distributed.initialize()
   # jax.distributed.initialize's arguments; unset = detected from the environment
@@ -73,12 +70,4 @@ def get_config() -> ml_collections.ConfigDict:
   # a process before all of them stop with an error.
   config.initialization_timeout = 300
   config.heartbeat_timeout = 100
-
-  # Evaluate mode (`--config.mode=evaluate`).
-  config.eval = ml_collections.ConfigDict()
-  config.eval.noise = False  # also run the noise-robustness sweep
-  config.eval.gaussian_stddevs = (0.0, 0.02, 0.05, 0.1, 0.2)  # in [0, 1] pixel units
-  config.eval.salt_pepper_amounts = ()
-  config.eval.blur_sigmas = ()
-  config.eval.visualize = False  # save attention/feature-map figures
   return config

@@ -98,9 +98,9 @@ class SmokeRun:
 
 
 def smoke_run_config(image_folder, **overrides):
-  """configs/smoke.py on `image_folder`, with dotted-key overrides."""
-  from configs import smoke  # pylint: disable=g-import-not-at-top
-  config = smoke.get_config()
+  """configs/cifar.py:smoke on `image_folder`, with dotted-key overrides."""
+  from configs import cifar  # pylint: disable=g-import-not-at-top
+  config = cifar.get_config("smoke")
   config.data.image_folder = image_folder
   for key, value in overrides.items():
     *parents, leaf = key.split(".")
@@ -154,12 +154,11 @@ def evaluated_wa_run(smoke_wa_run, tmp_path_factory):
   import contextlib  # pylint: disable=g-import-not-at-top
   from wacnn_jax import evaluate  # pylint: disable=g-import-not-at-top
   run = copy_run(smoke_wa_run, tmp_path_factory.mktemp("evaluated") / "wa_seed0")
-  config = smoke_run_config(
-      smoke_wa_run.config.data.image_folder,
-      **{"mode": "evaluate", "eval.noise": True, "eval.gaussian_stddevs": (0.0, 0.5),
-         "eval.salt_pepper_amounts": (0.3,), "eval.blur_sigmas": (2.0,)})
-  run = SmokeRun(config, run.workdir)
+  options = evaluate.default_options()
+  options.noise = True
+  options.gaussian_stddevs, options.salt_pepper_amounts, options.blur_sigmas = (
+      (0.0, 0.5), (0.3,), (2.0,))
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):
-    result = evaluate.evaluate_checkpoint(config, run.workdir)
+    result = evaluate.evaluate_checkpoint(run.config, run.workdir, options)
   return run, result, printed.getvalue()

@@ -19,7 +19,7 @@ from benchmarks import throughput
 
 @pytest.fixture(scope="module")
 def small_folder(random_image_folder):
-  """96 train / 24 test images: enough for configs/smoke.py's batch 64."""
+  """96 train / 24 test images: enough for configs/cifar.py:smoke's batch 64."""
   return random_image_folder(32, 8)
 
 

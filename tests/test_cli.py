@@ -40,7 +40,7 @@ def run_cli(*args, hide_tensorflow=True, timeout=600):
 
 def test_smoke_config_trains_without_tensorflow(cifar10_small, tmp_path):
   workdir = tmp_path / "smoke"
-  result = run_cli("--config", "configs/smoke.py", "--workdir", str(workdir),
+  result = run_cli("--config", "configs/cifar.py:smoke", "--workdir", str(workdir),
                    f"--config.data.image_folder={cifar10_small}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "TENSORFLOW_IMPORTED=False" in result.stderr
@@ -55,7 +55,7 @@ def test_smoke_config_trains_without_tensorflow(cifar10_small, tmp_path):
 
 
 def test_unknown_override_key_lists_the_valid_keys(tmp_path):
-  result = run_cli("--config", "configs/smoke.py", "--workdir", str(tmp_path),
+  result = run_cli("--config", "configs/cifar.py:smoke", "--workdir", str(tmp_path),
                    "--config.model.attentoin=se", hide_tensorflow=False)
   assert result.returncode != 0
   assert "bad config override" in result.stderr
@@ -63,7 +63,7 @@ def test_unknown_override_key_lists_the_valid_keys(tmp_path):
 
 
 def test_unknown_arch_is_one_readable_line(tmp_path, synthetic_folder):
-  result = run_cli("--config", "configs/smoke.py", "--workdir", str(tmp_path),
+  result = run_cli("--config", "configs/cifar.py:smoke", "--workdir", str(tmp_path),
                    f"--config.data.image_folder={synthetic_folder}",
                    "--config.model.arch=resnet19", hide_tensorflow=False)
   assert result.returncode == 1
@@ -73,14 +73,14 @@ def test_unknown_arch_is_one_readable_line(tmp_path, synthetic_folder):
 
 
 def test_missing_dataset_says_how_to_fix(tmp_path):
-  result = run_cli("--config", "configs/smoke.py", "--workdir", str(tmp_path),
+  result = run_cli("--config", "configs/cifar.py:smoke", "--workdir", str(tmp_path),
                    f"--config.data.data_dir={tmp_path}", "--config.data.download=False",
                    hide_tensorflow=False)
   assert result.returncode == 1
   assert "data.image_folder" in result.stderr and "Traceback" not in result.stderr
 
 
-SMOKE = ["--config", "configs/smoke.py", "--workdir", "WORKDIR"]
+SMOKE = ["--config", "configs/cifar.py:smoke", "--workdir", "WORKDIR"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -89,7 +89,7 @@ SMOKE = ["--config", "configs/smoke.py", "--workdir", "WORKDIR"]
     (SMOKE + ["--foo=1"], "Unknown command line flag 'foo'"),
     (SMOKE + ["no_such_argument"], "unexpected arguments ['no_such_argument']"),
     (["--config", "configs/nope.py", "--workdir", "WORKDIR"], "configs/nope.py: no such file"),
-    (["--config", "configs/smoke.py"], "Flag --workdir must have a value"),
+    (["--config", "configs/cifar.py:smoke"], "Flag --workdir must have a value"),
 ])
 def test_bad_command_lines_are_one_line_and_status_2(args, message, tmp_path):
   result = run_cli(*[str(tmp_path) if a == "WORKDIR" else a for a in args],

@@ -138,10 +138,8 @@ def test_evaluate_a_chosen_step_through_the_cli(smoke_wa_run, tmp_path, capsys):
   first = records[0]
   checkpoints = checkpointing.Checkpointer(run.workdir, create=False)
   assert first["step"] in checkpoints.all_steps()
-  config = smoke_run_config(run.config.data.image_folder,
-                            **{"mode": "evaluate", "checkpoint_step": first["step"],
-                               "eval.visualize": True})
-  assert cli.run(config, run.workdir) == 0
+  assert cli.main(["wacnn_jax", "evaluate", "--workdir", run.workdir,
+                   f"--eval.step={first['step']}", "--eval.visualize=True"]) == 0
   result = json.load(open(os.path.join(run.workdir, "eval.json")))
   assert result["step"] == first["step"] and result["epoch"] == first["epoch"]
   assert result["accuracy"] == first["test_accuracy"]
@@ -153,17 +151,23 @@ def test_evaluate_a_chosen_step_through_the_cli(smoke_wa_run, tmp_path, capsys):
 
 
 def test_missing_or_wrong_checkpoints_are_clear_errors(smoke_wa_run, tmp_path, capsys):
-  config = smoke_run_config(smoke_wa_run.config.data.image_folder, mode="evaluate")
-  assert cli.run(config, str(tmp_path / "empty")) == 1
+  empty = str(tmp_path / "empty")
+  os.makedirs(empty)
+  assert cli.main(["wacnn_jax", "evaluate", "--workdir", empty,
+                   "--config", "configs/cifar.py:smoke"]) == 1
   err = capsys.readouterr().err
   assert "error: no checkpoints in" in err and "Traceback" not in err
+  assert cli.main(["wacnn_jax", "evaluate", "--workdir", empty]) == 1
+  assert "config.json does not exist" in capsys.readouterr().err
 
-  config.checkpoint_step = 999
+  config = smoke_run_config(smoke_wa_run.config.data.image_folder)
+  options = evaluate.default_options()
+  options.step = 999
   with pytest.raises(checkpointing.CheckpointError, match="no checkpoint 999.*there are"):
-    evaluate.evaluate_checkpoint(config, smoke_wa_run.workdir)
+    evaluate.evaluate_checkpoint(config, smoke_wa_run.workdir, options)
 
   other = smoke_run_config(smoke_wa_run.config.data.image_folder,
-                           **{"mode": "evaluate", "model.attention": "se"})
+                           **{"model.attention": "se"})
   with pytest.raises(checkpointing.CheckpointError, match="another model.*model.attention"):
     evaluate.evaluate_checkpoint(other, smoke_wa_run.workdir)
   assert not os.path.exists(os.path.join(smoke_wa_run.workdir, "eval.json"))

@@ -12,11 +12,11 @@ SCRIPT = textwrap.dedent(r"""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, numpy as np
     from flax import jax_utils
-    from configs import smoke
+    from configs import cifar
     from wacnn_jax import input_pipeline, parallel, steps, train
 
     assert jax.local_device_count() == 8, jax.devices()
-    config = smoke.get_config()
+    config = cifar.get_config("smoke")
     config.data.augment = False  # the same images on both sides
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)

@@ -3,7 +3,7 @@
 Two processes on this machine, each with 2 CPU devices (localhost
 coordinator, gloo CPU collectives), run `run_train.py` with the smoke model on
 18 training images, one step of 16 per epoch: epoch 1, then a restart that
-resumes from its checkpoint for epochs 2-3, then `--config.mode=evaluate`.
+resumes from its checkpoint for epochs 2-3, then `python -m wacnn_jax evaluate`.
 One process with 4 CPU devices trains the same config for 3 epochs straight.
 
 Global device k holds the same replica, batch slice and augmentation keys on
@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import smoke
+from configs import cifar
 from tests.conftest import REPO_ROOT
 from wacnn_jax import restore
 from wacnn_jax import parallel
@@ -148,10 +148,16 @@ def launch(commands, env, log_dir: str, name: str, deadline: float = LAUNCH_SECO
   return results
 
 
-def two_process_commands(workdir: str, settings: dict, distributed: dict | None = None):
-  """`run_train.py` command lines of processes 0 and 1 (`distributed`: more such settings)."""
+def two_process_commands(workdir: str, settings: dict, distributed: dict | None = None,
+                         command: str = "train"):
+  """Command lines of processes 0 and 1 (`distributed`: more such settings).
+
+  train: `run_train.py`; evaluate: `python -m wacnn_jax evaluate` of checkpoint 3.
+  """
   port = free_port()
-  return [[sys.executable, "run_train.py", "--config", "configs/smoke.py",
+  program = (["run_train.py"] if command == "train"
+             else ["-m", "wacnn_jax", command, "--eval.step=3"])
+  return [[sys.executable, *program, "--config", "configs/cifar.py:smoke",
            "--workdir", workdir, *overrides(settings),
            *overrides({"distributed": True, "coordinator_address": f"127.0.0.1:{port}",
                        "num_processes": 2, "process_id": i, **(distributed or {})})]
@@ -161,12 +167,12 @@ def two_process_commands(workdir: str, settings: dict, distributed: dict | None 
 REFERENCE = textwrap.dedent(r"""
     import json, sys
     import jax, numpy as np
-    from configs import smoke
+    from configs import cifar
     from wacnn_jax import evaluate, input_pipeline, train
 
     assert len(jax.local_devices()) == 4
     settings, reference_dir, evaluated_dir, start_file = sys.argv[1:]
-    config = smoke.get_config()
+    config = cifar.get_config("smoke")
     for key, value in json.loads(settings).items():
       *parents, leaf = key.split(".")
       target = config
@@ -182,8 +188,9 @@ REFERENCE = textwrap.dedent(r"""
                             for part in ("params", "batch_stats")
                             for path, leaf in jax.tree_util.tree_leaves_with_path(
                                 getattr(start, part))})
-    config.mode = "evaluate"
-    evaluate.evaluate_checkpoint(config, evaluated_dir, verbose=False)
+    options = evaluate.default_options()
+    options.step = 3
+    evaluate.evaluate_checkpoint(config, evaluated_dir, options, verbose=False)
 """)
 
 
@@ -228,7 +235,7 @@ def compilation_cache(tmp_path_factory):
 
 def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, compilation_cache):
   folder = class_folder(str(tmp_path / "images"))
-  settings = {**SETTINGS, "data.image_folder": folder, "checkpoint_step": 3}  # evaluated
+  settings = {**SETTINGS, "data.image_folder": folder}
   multi, reference = str(tmp_path / "two_processes"), str(tmp_path / "one_process")
   logs = str(tmp_path)
   env = environment(2, compilation_cache)
@@ -239,7 +246,7 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, compilation_
   resumed = launch(two_process_commands(multi, {**settings, "num_epochs": 3}), env, logs,
                    "epochs2_3")
   assert all("epochs 2..3" in output for _, output in resumed)
-  launch(two_process_commands(multi, {**settings, "num_epochs": 3, "mode": "evaluate"}),
+  launch(two_process_commands(multi, {**settings, "num_epochs": 3}, command="evaluate"),
          env, logs, "evaluate")
 
   # The reference trains straight through and evaluates a copy of the two-process run.
@@ -283,7 +290,7 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, compilation_
       np.testing.assert_allclose(a[key], b[key], rtol=2e-5, err_msg=f"epoch {a['epoch']} {key}")
 
   # Parameters and BatchNorm statistics after every epoch.
-  config = smoke.get_config()
+  config = cifar.get_config("smoke")
   config.data.image_folder = folder
   start = dict(np.load(start_file))
   dataset = None

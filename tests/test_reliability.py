@@ -50,16 +50,24 @@ runpy.run_path("run_train.py", run_name="__main__")
 NOISE = ("Traceback", "Event loop is closed", "Exception ignored", "tensorstore_spec")
 
 
-def cli_command(workdir, folder, *overrides, script=None):
-  """run_train.py's command line; `script` is (python code, its first argument) instead."""
-  prefix = [sys.executable, "-c", *script] if script else [sys.executable, "run_train.py"]
-  return prefix + ["--config", "configs/smoke.py", "--workdir", str(workdir),
+def cli_command(workdir, folder, *overrides, script=None, command="train"):
+  """The command line of `python -m wacnn_jax COMMAND` (train: run_train.py).
+
+  `script` is (python code, its first argument) instead of run_train.py.
+  """
+  if command != "train":
+    prefix = [sys.executable, "-m", "wacnn_jax", command]
+  else:
+    prefix = [sys.executable, "-c", *script] if script else [sys.executable, "run_train.py"]
+  return prefix + ["--config", "configs/cifar.py:smoke", "--workdir", str(workdir),
                    f"--config.data.image_folder={folder}", "--config.batch_size=6",
                    "--config.eval_batch_size=6", *overrides]
 
 
-def run_cli(subprocess_env, workdir, folder, *overrides, script=None, timeout=300):
-  return subprocess.run(cli_command(workdir, folder, *overrides, script=script),
+def run_cli(subprocess_env, workdir, folder, *overrides, script=None, command="train",
+            timeout=300):
+  return subprocess.run(cli_command(workdir, folder, *overrides, script=script,
+                                    command=command),
                         cwd=REPO_ROOT, env=subprocess_env, capture_output=True,
                         text=True, timeout=timeout)
 
@@ -330,7 +338,7 @@ def test_config_is_checked_and_workdir_prepared_before_any_data(tmp_path, subpro
   a_file.write_text("")
   result = run_cli(subprocess_env, a_file, missing)
   assert_one_error_line(result, "is a file, not a directory")
-  result = run_cli(subprocess_env, a_file, missing, "--config.mode=evaluate")
+  result = run_cli(subprocess_env, a_file, missing, command="evaluate")
   assert_one_error_line(result, "no checkpoints in")
 
 
@@ -359,7 +367,7 @@ def test_read_only_workdir_is_one_line(read_only_dir, tmp_path, subprocess_env):
 def test_evaluation_that_cannot_be_written_is_printed_first(run_copy, synthetic_folder,
                                                             subprocess_env):
   os.makedirs(os.path.join(run_copy, "confusion.png"))  # nothing can be written there
-  result = run_cli(subprocess_env, run_copy, synthetic_folder, "--config.mode=evaluate")
+  result = run_cli(subprocess_env, run_copy, synthetic_folder, command="evaluate")
   assert_one_error_line(result, "cannot write the evaluation files", "printed above")
   assert "top-1 accuracy" in result.stdout and "per-class accuracy" in result.stdout
 
@@ -387,8 +395,8 @@ def test_damaged_checkpoint_in_evaluate_mode_is_one_line(run_copy, synthetic_fol
   largest = max((os.path.join(data, f) for f in os.listdir(data)), key=os.path.getsize)
   with open(largest, "r+b") as f:
     f.write(np.random.default_rng(0).bytes(4096))
-  result = run_cli(subprocess_env, run_copy, synthetic_folder, "--config.mode=evaluate",
-                   "--config.checkpoint_step=6")
+  result = run_cli(subprocess_env, run_copy, synthetic_folder, "--eval.step=6",
+                   command="evaluate")
   assert_one_error_line(result, "checkpoint 6 in", "is damaged", "there are [3, 6]")
 
 

@@ -6,6 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from wacnn_jax import cli
 from wacnn_jax import report
 
 
@@ -81,13 +82,14 @@ def test_mean_and_std_over_seeds(evaluated_wa_run, smoke_wa_seed1_run, smoke_bas
 
 def test_command_line(smoke_wa_run, smoke_baseline_run, tmp_path, capsys):
   out = str(tmp_path / "out")
-  assert report.main([smoke_wa_run.workdir, smoke_baseline_run.workdir, "--out", out]) == 0
+  assert cli.main(["wacnn_jax", "report", smoke_wa_run.workdir, smoke_baseline_run.workdir,
+                   "--out", out]) == 0
   printed = capsys.readouterr().out
   assert "| wa_seed0 |" in printed and "| baseline_seed0 |" in printed
   assert os.path.exists(os.path.join(out, "curves.png"))
   assert not os.path.exists(os.path.join(out, "noise.png"))  # no eval.json with noise
 
-  assert report.main([str(tmp_path / "nothing"), "--out", out]) == 1
+  assert cli.main(["wacnn_jax", "report", str(tmp_path / "nothing"), "--out", out]) == 1
   assert "has no config.json" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""wacnn_jax.reproduce: the grid runs end to end at tiny sizes, in pieces, and its statistics."""
+"""`python -m wacnn_jax reproduce`: the grid runs end to end at tiny sizes, in pieces, and its statistics."""
 
 import json
 import os
@@ -22,7 +22,7 @@ def tiny_folder(random_image_folder):
 
 
 def _cli(env, *args, timeout=600):
-  return subprocess.run([sys.executable, "-m", "wacnn_jax.reproduce", *args], cwd=REPO_ROOT,
+  return subprocess.run([sys.executable, "-m", "wacnn_jax", "reproduce", *args], cwd=REPO_ROOT,
                         capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -36,7 +36,7 @@ def test_grid_in_pieces_then_complete_then_skipped(tmp_path, tiny_folder, subpro
   common = ["--archs", "resnet18", "--attentions", "none,wa", "--seeds", "2", "--data",
             tiny_folder, "--results", results] + [a for o in TINY for a in ("--set", o)]
   # 1. A budget too short for a whole run: the first run is stopped at the deadline.
-  first = _cli(subprocess_env, *common, "--budget", "2", "--min-run-seconds", "1")
+  first = _cli(subprocess_env, *common, "--budget", "2", "--min_run_seconds", "1")
   assert first.returncode == 0, first.stderr[-2000:]
   assert [i["outcome"] for i in _invocations(results, "resnet18-none", 0)] == ["stopped"]
   assert not os.path.exists(os.path.join(results, "cifar10", "resnet18-wa"))

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import smoke_run_config
 from tests.test_report import table_rows as report_rows
+from wacnn_jax import cli
 from wacnn_jax import checkpointing
 from wacnn_jax import restore
 from wacnn_jax import evaluate
@@ -18,7 +19,6 @@ from wacnn_jax import report
 from wacnn_jax import epochs
 from wacnn_jax import steps
 from wacnn_jax import train
-from wacnn_jax import visualize
 
 # Replica k and the single run of seed k agree up to float reordering, not bit
 # for bit: vmapping the convolutions over R (grouped convolutions) sums in
@@ -47,7 +47,7 @@ def random_folder(tmp_path_factory):
 
 
 def seeds_config(folder, **overrides):
-  """configs/smoke.py on `folder`: 2 epochs of 4 steps of batch 16 (augmented)."""
+  """configs/cifar.py:smoke on `folder`: 2 epochs of 4 steps of batch 16 (augmented)."""
   return smoke_run_config(folder, batch_size=16, eval_batch_size=16,
                           **{"optimizer.learning_rate": 0.001, **overrides})
 
@@ -134,9 +134,10 @@ def test_evaluate_reports_each_replica_and_their_mean(runs, random_folder, tmp_p
   both_dir, _ = runs["both"]
   copy = str(tmp_path / "run")
   shutil.copytree(both_dir, copy)
-  config = seeds_config(random_folder, num_seeds=2, mode="evaluate",
-                        **{"eval.noise": True, "eval.gaussian_stddevs": (0.0, 0.3)})
-  result = evaluate.evaluate_checkpoint(config, copy)
+  config = seeds_config(random_folder, num_seeds=2)
+  options = evaluate.default_options()
+  options.noise, options.gaussian_stddevs = True, (0.0, 0.3)
+  result = evaluate.evaluate_checkpoint(config, copy, options)
   rows = [r for r in metrics(both_dir) if r["step"] == result["step"]]
   assert [(r["replica"], r["seed"]) for r in result["replicas"]] == [(0, 0), (1, 1)]
   for replica, row in zip(result["replicas"], rows):
@@ -155,7 +156,7 @@ def test_evaluate_reports_each_replica_and_their_mean(runs, random_folder, tmp_p
   assert "replica 1 (seed 1): top-1" in printed
   # A config with another replica count is refused before any arrays are read.
   with pytest.raises(checkpointing.CheckpointError, match="num_seeds: checkpoint has 2"):
-    evaluate.evaluate_checkpoint(seeds_config(random_folder, mode="evaluate"), copy)
+    evaluate.evaluate_checkpoint(seeds_config(random_folder), copy)
 
 
 def test_report_counts_replicas_as_runs(runs):
@@ -179,4 +180,4 @@ def test_visualize_chooses_the_replica(runs, random_folder):
                                 both.params["classifier"]["kernel"][1])
   with pytest.raises(ValueError, match="replica 2 is not in the run.*num_seeds=2"):
     restore.restore_checkpoint(config, both_dir, replica=2)
-  assert visualize.main([both_dir, "--replica", "2"]) == 1
+  assert cli.main(["wacnn_jax", "visualize", "--workdir", both_dir, "--replica=2"]) == 1

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import smoke
+from configs import cifar
 from tests.conftest import smoke_run_config as smoke_config
 from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
@@ -25,7 +25,7 @@ from wacnn_jax import train
 
 def test_sgd_matches_pytorch_formula():
   """torch.optim.SGD(lr, momentum, weight_decay), dampening 0, written out in numpy."""
-  config = smoke.get_config()
+  config = cifar.get_config("smoke")
   lr, momentum, wd = 0.1, config.optimizer.momentum, config.optimizer.weight_decay
   tx = train.create_optimizer(config, lambda step: lr)
   rng = np.random.default_rng(0)
@@ -47,7 +47,7 @@ def test_sgd_matches_pytorch_formula():
 
 
 def test_step_schedule_follows_the_reference_epochs():
-  config = smoke.get_config()
+  config = cifar.get_config("smoke")
   config.schedule.boundaries = (81, 121)
   config.num_epochs = 160
   spe = 7
@@ -66,7 +66,7 @@ def test_step_schedule_follows_the_reference_epochs():
 
 
 def test_cosine_schedule():
-  config = smoke.get_config()
+  config = cifar.get_config("smoke")
   config.schedule.name = "cosine"
   config.num_epochs = 10
   lr = train.create_learning_rate_fn(config, 4)
@@ -186,7 +186,7 @@ def test_checkpoint_of_another_model_is_refused(smoke_run, cifar10_small, tmp_pa
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_tfds_mock_data_through_the_full_pipeline(name, tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
-  config = smoke.get_config()
+  config = cifar.get_config("smoke")
   config.data.dataset = name
   config.data.max_train_examples = config.data.max_test_examples = 0
   config.num_epochs = 1

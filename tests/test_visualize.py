@@ -8,6 +8,7 @@ from PIL import Image
 import pytest
 import pywt
 
+from wacnn_jax import cli
 from wacnn_jax import restore
 from wacnn_jax import input_pipeline
 from wacnn_jax import models
@@ -131,10 +132,11 @@ def test_confusion_figure():
 
 def test_command_line(smoke_wa_run, smoke_baseline_run, tmp_path, capsys):
   out = str(tmp_path / "maps.png")
-  assert visualize.main([smoke_wa_run.workdir, "--baseline", smoke_baseline_run.workdir,
-                         "--images", "2", "--out", out]) == 0
+  assert cli.main(["wacnn_jax", "visualize", "--workdir", smoke_wa_run.workdir,
+                   "--baseline", smoke_baseline_run.workdir, "--images", "2", "--out", out]) == 0
   assert f"{BLOCK}: wrote {out}" in capsys.readouterr().out
   with Image.open(out) as image:
     assert image.size == (7 * 160, 2 * 160 + 50)
-  assert visualize.main([smoke_baseline_run.workdir, "--out", out]) == 1
+  assert cli.main(["wacnn_jax", "visualize", "--workdir", smoke_baseline_run.workdir,
+                   "--out", out]) == 1
   assert "no WA blocks" in capsys.readouterr().err

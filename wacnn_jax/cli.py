@@ -102,8 +102,10 @@ def parse_flags(flag_values: flags.FlagValues, argv: list[str],
   error unless `positional`.
   """
   path = _config_path(argv)
-  if path is not None and not os.path.isfile(path):
-    _exit_with_usage_error(f"--config {path}: no such file.")
+  if path is not None:
+    path = path.split(":", 1)[0]  # configs/cifar.py:dataset=cifar100 -> its file
+    if not os.path.isfile(path):
+      _exit_with_usage_error(f"--config {path}: no such file.")
   for arg in argv[1:]:
     key = arg[len("--config."):].split("=", 1)[0] if arg.startswith("--config.") else ""
     if key.split(".")[0] in MOVED_TO_EVALUATE:
@@ -282,6 +284,9 @@ def _define_reproduce(fv: flags.FlagValues) -> None:
 
 def _run_reproduce(fv: flags.FlagValues, args: list[str]) -> int:
   del args
+  if fv.data != "tfds" and not os.path.exists(fv.data):
+    _exit_with_usage_error(f"--data {fv.data!r} does not exist; give an image folder, an "
+                           "archive of one, or 'tfds'.")
   return _print_error(lambda: reproduce.run_grid(
       fv.table, fv.archs, fv.attentions, fv.seeds, fv.data, fv.results, fv.budget, fv.set,
       fv.min_run_seconds, fv.keep_checkpoints_mb))

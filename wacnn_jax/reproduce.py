@@ -289,9 +289,6 @@ def run_grid(table: str, archs: Sequence[str], attentions: Sequence[str], seeds:
              data: str, results: str, budget: float | None, overrides: Sequence[str],
              min_run_seconds: float, keep_checkpoints_mb: float) -> int:
   """`python -m wacnn_jax reproduce`: `reproduce` and where its table is; the exit code."""
-  if data != "tfds" and not os.path.exists(data):
-    raise ValueError(f"--data {data!r} does not exist; give an image folder, an archive "
-                     "of one, or 'tfds'.")
   try:
     reproduce(table, archs, attentions, seeds, data, results, budget, overrides,
               min_run_seconds, keep_checkpoints_mb)
