@@ -186,19 +186,23 @@ def _print_error(action: Callable[[], int]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-  """A subcommand: its flags (`define(flag_values)`) and what it runs (`run(flag_values, args)`)."""
+  """A subcommand: its flags (`define(flag_values, argv)`) and what it runs (`run(flag_values, args)`).
+
+  `argv` is the command line to be parsed: config flags define their
+  `--config.x=y` override flags from it.
+  """
 
   help: str
-  define: Callable[[flags.FlagValues], None]
+  define: Callable[[flags.FlagValues, list[str]], None]
   run: Callable[[flags.FlagValues, list[str]], int]
   positional: str = ""  # what positional arguments are, if it takes any
 
 
-def _define_train(fv: flags.FlagValues) -> None:
+def _define_train(fv: flags.FlagValues, argv: list[str]) -> None:
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.",
                       flag_values=fv, required=True)
   config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
-                                  flag_values=fv, lock_config=True)
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
   flags.mark_flag_as_required("config", flag_values=fv)
 
 
@@ -207,14 +211,14 @@ def _run_train(fv: flags.FlagValues, args: list[str]) -> int:
   return report_user_errors(fv.workdir, lambda: train.train_and_evaluate(fv.config, fv.workdir))
 
 
-def _define_evaluate(fv: flags.FlagValues) -> None:
+def _define_evaluate(fv: flags.FlagValues, argv: list[str]) -> None:
   flags.DEFINE_string("workdir", None, "Workdir of a training run.", flag_values=fv,
                       required=True)
   config_flags.DEFINE_config_file(
       "config", None, "Config file with get_config() (default: the run's config.json).",
-      flag_values=fv, lock_config=True)
+      flag_values=fv, lock_config=True, sys_argv=argv)
   config_flags.DEFINE_config_dict("eval", evaluate.default_options(), "Evaluation options.",
-                                  flag_values=fv, lock_config=True)
+                                  flag_values=fv, lock_config=True, sys_argv=argv)
 
 
 def _run_evaluate(fv: flags.FlagValues, args: list[str]) -> int:
@@ -227,7 +231,8 @@ def _run_evaluate(fv: flags.FlagValues, args: list[str]) -> int:
   return report_user_errors(fv.workdir, run)
 
 
-def _define_report(fv: flags.FlagValues) -> None:
+def _define_report(fv: flags.FlagValues, argv: list[str]) -> None:
+  del argv
   flags.DEFINE_string("out", "report", "Output folder.", flag_values=fv)
 
 
@@ -237,7 +242,8 @@ def _run_report(fv: flags.FlagValues, args: list[str]) -> int:
   return _print_error(lambda: report.print_report(args, fv.out))
 
 
-def _define_visualize(fv: flags.FlagValues) -> None:
+def _define_visualize(fv: flags.FlagValues, argv: list[str]) -> None:
+  del argv
   flags.DEFINE_string("workdir", None, "Workdir of a training run with WA.", flag_values=fv,
                       required=True)
   flags.DEFINE_string("baseline", None, "Workdir of the same network without WA.",
@@ -262,7 +268,8 @@ def _run_visualize(fv: flags.FlagValues, args: list[str]) -> int:
       replica=fv.replica, baseline_replica=fv.baseline_replica, out=fv.out, dpi=fv.dpi))
 
 
-def _define_reproduce(fv: flags.FlagValues) -> None:
+def _define_reproduce(fv: flags.FlagValues, argv: list[str]) -> None:
+  del argv
   flags.DEFINE_string("data", None, "An image folder or .tar.gz of one, or 'tfds' to use "
                       "tensorflow-datasets.", flag_values=fv, required=True)
   flags.DEFINE_enum("table", "cifar10", ("cifar10", "cifar100"), "The dataset.",
@@ -323,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     _exit_with_usage_error(f"unknown command {argv[1]!r}.\n{usage()}")
   command = COMMANDS[argv[1]]
   fv = flags.FlagValues()
-  command.define(fv)
+  command.define(fv, argv)
   program = ("python -m wacnn_jax" if argv[0].endswith("__main__.py")
              else os.path.basename(argv[0]))
   if argv[1] != "train" or program != "run_train.py":
