@@ -1,4 +1,4 @@
-"""A JAX matrix-multiply DWT built the way the reference PyTorch code builds it.
+"""The reference's matrix-multiply DWT: its matrices (one port) and a JAX version.
 
 The reference WA-CNN (after WaveCNet's `DWT_2D`) computes a single-level 2-D
 DWT by multiplying with dense analysis matrices:
@@ -17,13 +17,15 @@ each side (F = filter length). For `haar` on even sizes this equals
 filters it is a zero-padded transform with the rec filters (so "bior2.2" acts
 like pywt's rbio2.2), kept here only because it is the reference's algorithm.
 
-This module is a benchmark peer for `wacnn_jax.wavelets.dwt2` (one strided
-depthwise convolution); it is not used by the package.
+`reference_dwt_matrices` builds the matrices with the reference's numpy loops,
+uncached: the faithful PyTorch peer (benchmarks/torch_peers.py) calls it on
+every forward, as the reference does; `matrix_dwt2` is the JAX peer of
+`wacnn_jax.wavelets.dwt2` (one strided depthwise convolution) in the DWT
+benchmark. The package wacnn_jax does not use this module.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax.numpy as jnp
@@ -31,7 +33,6 @@ import numpy as np
 import pywt
 
 
-@functools.lru_cache(maxsize=None)
 def reference_dwt_matrices(height: int, width: int, wavelet: str = "haar"):
   """(low_h, low_w, high_h, high_w) float64 matrices, a port of the reference's get_matrix.
 
@@ -78,7 +79,7 @@ def matrix_dwt2(x, wavelet: str = "haar"):
   Returns (ll, lh, hl, hh), each (N, H/2, W/2, C), with pywt's band meaning:
   ll = cA, lh = cH (high along height), hl = cV (high along width), hh = cD.
   For haar on even sizes it equals `pywt.dwt2(x, 'haar', axes=(1, 2))`.
-  The matrices are numpy constants in x's dtype (folded in under jit).
+  The matrices are numpy constants in x's dtype (built once per trace under jit).
   """
   x = jnp.asarray(x)
   _, height, width, _ = x.shape

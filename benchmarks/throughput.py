@@ -64,7 +64,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default  # pylint: disable=wrong-import-position
-from wacnn_jax import input_pipeline, parallel, steps, train, wavelets  # pylint: disable=wrong-import-position
+from wacnn_jax import (  # pylint: disable=wrong-import-position
+    input_pipeline, parallel, reproduce, steps, train, wavelets)
 
 REFERENCE_EPOCHS = 160
 PHASES = ("train", "seeds", "peers", "dwt", "profile", "full_run", "levers", "rest")
@@ -270,16 +271,16 @@ def bench_dwt(results: Results, shape, windows: int, min_bytes: int) -> None:
   results.raw["dwt"]["x".join(map(str, shape))] = row
 
 
-def bench_torch(results: Results, peer, batch, steps, windows, jax_key) -> None:
+def bench_torch(results: Results, peer, batch, steps, windows) -> None:
+  """Train images/s of a PyTorch peer (median over `windows` windows) into results.raw['peers']."""
   import torch  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_peers  # pylint: disable=g-import-not-at-top
   device = "cuda" if torch.cuda.is_available() else "cpu"
   start = time.perf_counter()
-  rates = torch_peers.time_torch_training(
-      peer, batch, device=device, steps=steps, warmup=max(2, steps // 5), windows=windows,
+  rate = torch_peers.time_training(
+      peer, batch, device=device, steps=steps, warmup=max(2, steps // 5), repeats=windows,
       dataset_size=max(batch * steps, 2 * batch))
-  results.raw["peers"][peer] = {"rate": statistics.median(rates), "batch": batch,
-                                "compare_with": jax_key, "device": device,
+  results.raw["peers"][peer] = {"rate": rate, "batch": batch, "device": device,
                                 "seconds": time.perf_counter() - start}
 
 
@@ -426,54 +427,45 @@ def profile_train_step(results: Results, half: bool, batch: int, steps: int,
 # ---------------------------------------------------------------------------
 
 
-def full_run(results: Results, data: str, seconds: float, quick: bool, workdir: str,
+def full_run(results: Results, data: str, seconds: float | None, quick: bool, workdir: str,
              results_dir: str | None) -> None:
-  """`run_train.py` with the reference recipe on `data` for at most `seconds`.
+  """`run_train.py` with the reference recipe on `data` for at most `seconds` (None: to the end).
 
-  Runs in `workdir`, so a later invocation resumes from its latest
-  checkpoint; the process is stopped (SIGTERM, then SIGKILL) at the deadline.
-  `quick` trains configs/cifar.py:smoke's tiny run instead (a CPU dry run).
+  Runs through `reproduce.train_one` in `workdir`, so a later invocation
+  resumes from its latest checkpoint; the process is stopped (SIGTERM, then
+  SIGKILL) at the deadline. The workdir's train.log (every invocation's
+  output) is copied to `results_dir`/full_run.log. `quick` trains
+  configs/cifar.py:smoke's tiny run instead (a CPU dry run).
   """
-  config = "smoke.py" if quick else "cifar10_resnet18.py"
-  os.makedirs(workdir, exist_ok=True)
+  config = "cifar.py:smoke" if quick else "cifar.py:dataset=cifar10,arch=resnet18"
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   epochs_before = 0
   if os.path.exists(metrics_path):
     with open(metrics_path) as f:
       epochs_before = sum(1 for line in f if line.strip())
-  log_path = os.path.join(results_dir or workdir, "full_run.log")
-  env = dict(os.environ, PYTHONUNBUFFERED="1")
-  env.pop("XLA_PYTHON_CLIENT_PREALLOCATE", None)
-  env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = "0.45"  # this process holds the GPU too
   command = [sys.executable, os.path.join(REPO_ROOT, "run_train.py"),
              "--config", os.path.join(REPO_ROOT, "configs", config),
              "--workdir", workdir, f"--config.data.image_folder={data}"]
+  device = jax.devices()[0]
   start = time.perf_counter()
-  with open(log_path, "a") as log:
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                               cwd=REPO_ROOT)
-    try:
-      returncode = process.wait(timeout=max(1.0, seconds))
-      stopped = False
-    except subprocess.TimeoutExpired:
-      process.terminate()
-      try:
-        process.wait(timeout=15)
-      except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-      returncode, stopped = process.returncode, True
+  # This process holds the GPU too: the run preallocates a fixed share of it.
+  outcome = reproduce.train_one(
+      command, workdir, seconds, f"{device.device_kind} x{jax.local_device_count()}",
+      env={"XLA_PYTHON_CLIENT_PREALLOCATE": "true", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.45"})
   wall = time.perf_counter() - start
+  log_path = os.path.join(workdir, "train.log")
+  if results_dir:
+    shutil.copy(log_path, os.path.join(results_dir, "full_run.log"))
   records = []
   if os.path.exists(metrics_path):
     with open(metrics_path) as f:
       records = [json.loads(line) for line in f if line.strip()]
   this_call = records[epochs_before:]
-  result = {"config": f"configs/{config}", "data": data, "returncode": returncode,
-            "stopped_at_budget": stopped, "wall_seconds_this_call": wall,
+  result = {"config": f"configs/{config}", "data": data, "outcome": outcome,
+            "wall_seconds_this_call": wall,
             "epochs_done": len(records), "epochs_this_call": len(this_call),
             "num_epochs": None if quick else REFERENCE_EPOCHS}
-  if not stopped and returncode != 0:
+  if outcome == "failed":
     with open(log_path) as f:
       result["log_tail"] = f.read()[-3000:]
   if records:
@@ -482,7 +474,7 @@ def full_run(results: Results, data: str, seconds: float, quick: bool, workdir: 
     epochs_total = result["num_epochs"] or len(records)
     # Process start, data loading and initialisation: the wall time of this call
     # not spent in its epochs (unknown when the call was stopped mid-epoch).
-    startup = None if stopped else wall - sum(r["epoch_seconds"] for r in this_call)
+    startup = None if outcome == "stopped" else wall - sum(r["epoch_seconds"] for r in this_call)
     result.update(
         median_epoch_seconds=statistics.median(steady),
         epoch_seconds_all_epochs=sum(steady),
@@ -506,7 +498,7 @@ def _ratio(a, b) -> str:
 
 
 def merge_results(parts: list[dict]) -> dict:
-  """One results dict from several invocations (e.g. one GPU window spent in pieces).
+  """One results dict from several invocations (e.g. a suite run in several pieces).
 
   Later parts override earlier ones row by row; a skip note is dropped once
   any part measured that phase.
@@ -604,7 +596,7 @@ def render_rows(raw: dict) -> list[tuple[str, str, str, str]]:
                  f"{full['test_accuracy']:.4f} (best {full['best_test_accuracy']:.4f})"))
   elif full:
     rows.append(("full run", "resnet18 wa, reference recipe", "no epoch finished",
-                 f"return code {full['returncode']}"))
+                 f"run {full['outcome']}"))
   for s in raw["skipped"]:
     rows.append(("skipped", s["phase"], "-", s["note"]))
   for e in raw["errors"]:
@@ -708,8 +700,8 @@ def run_suite(args) -> dict:
       seconds = min(seconds or float("inf"), clock.left() - 10)
     minimum = 30 if q else 60
     results.phase(clock, "full run", minimum + 10,
-                  lambda: full_run(results, args.full_run, seconds or 7 * 24 * 3600, q,
-                                   args.full_run_workdir, results_dir))
+                  lambda: full_run(results, args.full_run, seconds, q, args.full_run_workdir,
+                                   results_dir))
 
   # 3. The PyTorch peers, same batch.
   try:
@@ -720,8 +712,8 @@ def run_suite(args) -> dict:
     raw["skipped"].append({"phase": "peers", "note": "torch not installed"})
   if have_torch and "peers" in phases:
     for peer, estimate_s in (("faithful", 20 if q else 40), ("tuned", 20 if q else 120)):
-      results.phase(clock, f"peer {peer}", estimate_s, lambda peer=peer: bench_torch(
-          results, peer, batch, steps, windows, train_key("resnet18", "wa", False, batch)))
+      results.phase(clock, f"peer {peer}", estimate_s,
+                    lambda peer=peer: bench_torch(results, peer, batch, steps, windows))
 
   # 4. The DWT alone.
   n = 8 if q else 128

@@ -123,13 +123,18 @@ def _device_name() -> str:
   return f"{device.device_kind} x{jax.local_device_count()}"
 
 
-def train_one(command: list[str], workdir: str, seconds: float | None, device: str) -> str:
-  """Runs one training until it ends or `seconds` pass; returns 'finished' / 'stopped' / 'failed'."""
+def train_one(command: list[str], workdir: str, seconds: float | None, device: str,
+              env: dict[str, str] | None = None) -> str:
+  """Runs one training until it ends or `seconds` pass; returns 'finished' / 'stopped' / 'failed'.
+
+  Its output is appended to `workdir`/train.log and the invocation to
+  `workdir`/reproduce.json; `env` adds to this process's environment.
+  """
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
   with open(os.path.join(workdir, "train.log"), "a") as log:
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     try:
       returncode = process.wait(timeout=seconds)
       outcome = "finished" if returncode == 0 else "failed"
