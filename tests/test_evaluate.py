@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from tests.conftest import copy_run
-from tests.conftest import smoke_run_config
+from tests.helpers import copy_run
+from tests.helpers import smoke_run_config
 from wacnn_jax import checkpointing
 from wacnn_jax import cli
 from wacnn_jax import evaluate

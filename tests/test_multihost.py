@@ -49,7 +49,7 @@ from PIL import Image
 import pytest
 
 from configs import smoke
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 from wacnn_jax import evaluate
 from wacnn_jax import train
 
