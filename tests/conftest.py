@@ -1,16 +1,23 @@
-"""Shared fixtures: small real image folders cut from the shared CIFAR-10 archive."""
+"""Fixtures: real CIFAR-10 images (committed tests/data/cifar10-mini.tar.gz), smoke runs on them.
 
+The full CIFAR-10 archive is looked up in `$WACNN_JAX_SHARED_DATA` (default
+`<repo>/../shared/data`); only tests marked `full_cifar10` use it, and they
+skip when it is absent.
+"""
+
+import contextlib
 import io
 import os
-import tarfile
 
 import numpy as np
 from PIL import Image
 import pytest
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_ARCHIVE = os.path.join(REPO_ROOT, "..", "shared", "data", "cifar10-jpeg.tar.gz")
+from tests import helpers
+from wacnn_jax import evaluate
 
+SHARED_DATA = os.environ.get("WACNN_JAX_SHARED_DATA",
+                             os.path.join(helpers.REPO_ROOT, "..", "shared", "data"))
 
 
 @pytest.fixture(scope="session")
@@ -23,35 +30,20 @@ def subprocess_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def cifar10_archive():
-  """Path of the shared CIFAR-10 JPEG archive; skips when ../shared is absent."""
-  if not os.path.exists(SHARED_ARCHIVE):
-    pytest.skip("../shared/data/cifar10-jpeg.tar.gz not available")
-  return os.path.abspath(SHARED_ARCHIVE)
-
-
-def write_cifar_subset(archive: str, root: str, per_class: dict) -> str:
-  """Copies the first `per_class[split]` images of each class into root/split/label/."""
-  counts = {}
-  with tarfile.open(archive) as tar:
-    for member in tar:
-      parts = member.name.split("/")
-      if not member.isfile() or len(parts) < 3:
-        continue
-      split, label = parts[-3], parts[-2]
-      if split not in per_class or counts.get((split, label), 0) >= per_class[split]:
-        continue
-      counts[(split, label)] = counts.get((split, label), 0) + 1
-      os.makedirs(os.path.join(root, split, label), exist_ok=True)
-      with open(os.path.join(root, split, label, parts[-1]), "wb") as f:
-        f.write(tar.extractfile(member).read())
-  return root
+  """Path of the full CIFAR-10 JPEG archive (50,000 / 10,000); skips when it is absent."""
+  path = os.path.abspath(os.path.join(SHARED_DATA, "cifar10-jpeg.tar.gz"))
+  if not os.path.exists(path):
+    pytest.skip(f"full CIFAR-10 archive not found at {path} (set WACNN_JAX_SHARED_DATA)")
+  return path
 
 
 @pytest.fixture(scope="session")
-def cifar10_small(cifar10_archive, tmp_path_factory):
-  """A real image folder: 300 train and 60 test images per class (3,000 / 600)."""
-  root = str(tmp_path_factory.mktemp("cifar10_small"))
-  return write_cifar_subset(cifar10_archive, root, {"train": 300, "test": 60})
+def cifar10_mini():
+  """Path of tests/data/cifar10-mini.tar.gz: real CIFAR-10 JPEGs, 52 train and 26 test per class.
+
+  520 / 260 images in 10 classes, enough for configs/cifar.py:smoke's 512 / 256.
+  """
+  return helpers.CIFAR10_MINI
 
 
 @pytest.fixture(scope="session")
@@ -83,66 +75,30 @@ def synthetic_folder(random_image_folder):
 
 
 # ---------------------------------------------------------------------------
-# Post-training tools (tests/test_evaluate.py, test_report.py, test_visualize.py):
-# smoke-config runs on the cifar10_small folder, each trained once per session.
-# Tests must not write into these workdirs; copy one first (`copy_run`).
+# Smoke-config runs on cifar10_mini, each trained once per session (helpers.SmokeRun).
+# Tests must not write into these workdirs; copy one first (`helpers.copy_run`).
 # ---------------------------------------------------------------------------
 
 
-class SmokeRun:
-  """A finished smoke training run: its config and workdir."""
-
-  def __init__(self, config, workdir):
-    self.config = config
-    self.workdir = workdir
-
-
-def smoke_run_config(image_folder, **overrides):
-  """configs/cifar.py:smoke on `image_folder`, with dotted-key overrides."""
-  from configs import cifar  # pylint: disable=g-import-not-at-top
-  config = cifar.get_config("smoke")
-  config.data.image_folder = image_folder
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    target = config
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
-  return config
-
-
-def _train_smoke_run(image_folder, tmp_path_factory, name, **overrides) -> SmokeRun:
-  from wacnn_jax import train  # pylint: disable=g-import-not-at-top
-  config = smoke_run_config(image_folder, **overrides)
-  workdir = str(tmp_path_factory.mktemp(name, numbered=False))
-  train.train_and_evaluate(config, workdir)
-  return SmokeRun(config, workdir)
-
-
-def copy_run(run: SmokeRun, destination) -> SmokeRun:
-  """A copy of `run`'s workdir at `destination` (for tests that write into it)."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  shutil.copytree(run.workdir, str(destination))
-  return SmokeRun(run.config, str(destination))
+@pytest.fixture(scope="session")
+def smoke_wa_run(cifar10_mini, tmp_path_factory):
+  """ResNet18 + WA, seed 0: configs/cifar.py:smoke (2 epochs, 512 / 256 real CIFAR-10 images)."""
+  return helpers.train_smoke_run(cifar10_mini, tmp_path_factory.mktemp("wa_seed0", numbered=False))
 
 
 @pytest.fixture(scope="session")
-def smoke_wa_run(cifar10_small, tmp_path_factory):
-  """ResNet18 + WA, seed 0: 2 epochs on 512 real CIFAR-10 images."""
-  return _train_smoke_run(cifar10_small, tmp_path_factory, "wa_seed0")
-
-
-@pytest.fixture(scope="session")
-def smoke_baseline_run(cifar10_small, tmp_path_factory):
+def smoke_baseline_run(cifar10_mini, tmp_path_factory):
   """ResNet18 without attention, seed 0 (otherwise as smoke_wa_run)."""
-  return _train_smoke_run(cifar10_small, tmp_path_factory, "baseline_seed0",
-                          **{"model.attention": "none"})
+  return helpers.train_smoke_run(cifar10_mini,
+                                 tmp_path_factory.mktemp("baseline_seed0", numbered=False),
+                                 **{"model.attention": "none"})
 
 
 @pytest.fixture(scope="session")
-def smoke_wa_seed1_run(cifar10_small, tmp_path_factory):
+def smoke_wa_seed1_run(cifar10_mini, tmp_path_factory):
   """smoke_wa_run's config with seed 1: a second repetition of the same configuration."""
-  return _train_smoke_run(cifar10_small, tmp_path_factory, "wa_seed1", seed=1)
+  return helpers.train_smoke_run(cifar10_mini, tmp_path_factory.mktemp("wa_seed1", numbered=False),
+                                 seed=1)
 
 
 @pytest.fixture(scope="session")
@@ -151,9 +107,7 @@ def evaluated_wa_run(smoke_wa_run, tmp_path_factory):
 
   Returns (run, eval result, printed text).
   """
-  import contextlib  # pylint: disable=g-import-not-at-top
-  from wacnn_jax import evaluate  # pylint: disable=g-import-not-at-top
-  run = copy_run(smoke_wa_run, tmp_path_factory.mktemp("evaluated") / "wa_seed0")
+  run = helpers.copy_run(smoke_wa_run, tmp_path_factory.mktemp("evaluated") / "wa_seed0")
   options = evaluate.default_options()
   options.noise = True
   options.gaussian_stddevs, options.salt_pepper_amounts, options.blur_sigmas = (

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 # Runs run_train.py with `tensorflow` hidden from the import system, as on a
 # machine where it is not installed, and reports whether anything imported it.
@@ -38,10 +38,10 @@ def run_cli(*args, hide_tensorflow=True, timeout=600):
                         text=True, timeout=timeout)
 
 
-def test_smoke_config_trains_without_tensorflow(cifar10_small, tmp_path):
+def test_smoke_config_trains_without_tensorflow(cifar10_mini, tmp_path):
   workdir = tmp_path / "smoke"
   result = run_cli("--config", "configs/cifar.py:smoke", "--workdir", str(workdir),
-                   f"--config.data.image_folder={cifar10_small}")
+                   f"--config.data.image_folder={cifar10_mini}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "TENSORFLOW_IMPORTED=False" in result.stderr
   assert "epoch   2/2" in result.stderr

@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from tests.conftest import copy_run
-from tests.conftest import smoke_run_config
+from tests.helpers import copy_run
+from tests.helpers import smoke_run_config
 from wacnn_jax import checkpointing
 from wacnn_jax import cli
 from wacnn_jax import restore
@@ -88,7 +88,7 @@ def test_eval_agrees_with_the_training_loop(evaluated_wa_run):
   run, result, printed = evaluated_wa_run
   records = [json.loads(l) for l in open(os.path.join(run.workdir, "metrics.jsonl"))]
   best = max(records, key=lambda r: (r["test_accuracy"], r["step"]))
-  assert result["step"] == best["step"]  # checkpoint_step=-1: the best checkpoint
+  assert result["step"] == best["step"]  # --eval.step=-1: the best checkpoint
   assert result["accuracy"] == best["test_accuracy"]
   assert result["top5_accuracy"] == best["test_top5_accuracy"]
   assert result["loss"] == pytest.approx(best["test_loss"], rel=1e-6)

@@ -1,18 +1,23 @@
 """Dataset loading (image folders, archives, tfds) and on-device augmentation."""
 
-import io
+import collections
+import gzip
 import os
 import tarfile
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
 from configs import default
+from tests.data import make_cifar10_mini
+from tests.helpers import write_cifar_subset
 from wacnn_jax import input_pipeline
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                   "ship", "truck")
 
 
 def data_config(**overrides):
@@ -54,12 +59,11 @@ def test_archive_equals_folder(synthetic_folder, tmp_path):
     np.testing.assert_array_equal(a.labels, b.labels)
 
 
-def test_shared_archive_matches_tfds_image_folder(cifar10_archive, tmp_path):
+def test_cifar10_jpegs_match_tfds_image_folder(cifar10_mini, tmp_path):
   """Our Pillow reader agrees with tfds.folder_dataset.ImageFolder (needs TF)."""
   pytest.importorskip("tensorflow")
   import tensorflow_datasets as tfds
-  from tests.conftest import write_cifar_subset
-  root = write_cifar_subset(cifar10_archive, str(tmp_path), {"train": 3, "test": 5})
+  root = write_cifar_subset(cifar10_mini, str(tmp_path), {"train": 3, "test": 5})
   ours = input_pipeline.read_image_folder(root)
   builder = tfds.folder_dataset.ImageFolder(root)
   assert tuple(builder.info.features["label"].names) == ours.class_names
@@ -73,6 +77,33 @@ def test_shared_archive_matches_tfds_image_folder(cifar10_archive, tmp_path):
     nearest = int(np.argmin([d.mean() for d in diffs]))
     assert diffs[nearest].mean() < 2.5 and diffs[nearest].max() <= 32  # unrelated: ~80
     assert int(theirs[nearest]["label"]) == label
+
+
+def test_cifar10_mini_holds_52_train_and_26_test_images_per_class(cifar10_mini):
+  """The committed archive: 52 train and 26 test JPEGs of each CIFAR-10 class, nothing else."""
+  with tarfile.open(cifar10_mini) as tar:
+    names = [m.name for m in tar if m.isfile()]
+  assert names == sorted(names) and all(n.startswith("cifar10-mini/") for n in names)
+  counts = collections.Counter(tuple(n.split("/")[1:3]) for n in names)
+  dataset = input_pipeline.read_image_folder(cifar10_mini)
+  assert dataset.name == "cifar10-mini" and dataset.class_names == CIFAR10_CLASSES
+  assert counts == {**{("train", c): 52 for c in CIFAR10_CLASSES},
+                    **{("test", c): 26 for c in CIFAR10_CLASSES}}
+  assert dataset.train.images.shape == (520, 32, 32, 3) and len(dataset.test) == 260
+
+
+@pytest.mark.full_cifar10
+def test_cifar10_mini_is_reproducible_from_the_full_archive(cifar10_archive, cifar10_mini):
+  """tests/data/make_cifar10_mini.py rewrites the committed archive's tar byte for byte.
+
+  The full archive holds 5,000 train and 1,000 test images per class.
+  """
+  with tarfile.open(cifar10_archive) as tar:
+    counts = collections.Counter(tuple(m.name.split("/")[-3:-1]) for m in tar if m.isfile())
+  assert counts == {**{("train", c): 5000 for c in CIFAR10_CLASSES},
+                    **{("test", c): 1000 for c in CIFAR10_CLASSES}}
+  with gzip.open(cifar10_mini) as f:
+    assert f.read() == make_cifar10_mini.mini_tar(cifar10_archive)
 
 
 def test_load_dataset_subsets_are_deterministic(synthetic_folder):

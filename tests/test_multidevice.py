@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 SCRIPT = textwrap.dedent(r"""
     import os

@@ -49,9 +49,9 @@ from PIL import Image
 import pytest
 
 from configs import cifar
-from tests.conftest import REPO_ROOT
-from wacnn_jax import restore
+from tests.helpers import REPO_ROOT
 from wacnn_jax import parallel
+from wacnn_jax import restore
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 6, 4
 SETTINGS = {

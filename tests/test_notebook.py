@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 NOTEBOOK = os.path.join(REPO_ROOT, "notebooks", "wacnn_colab.ipynb")
 KERNEL_NAME = "wacnn-jax-test"
@@ -31,10 +31,11 @@ def test_outputs_are_cleared_in_git():
 
 def test_notebook_uses_the_package():
   code = "\n".join(c.source for c in read_notebook().cells if c.cell_type == "code")
-  assert "from wacnn_jax import evaluate, input_pipeline, report, train, visualize" in code
+  assert "from wacnn_jax import evaluate, input_pipeline, report, restore, train, visualize" in code
   assert code.count("def ") == 1  # make_config only: no logic copied into the notebook
   for call in ("train.train_and_evaluate", "evaluate.evaluate_checkpoint",
-               "report.make_report", "visualize.attention_figures"):
+               "restore.restore_checkpoint", "report.make_report",
+               "visualize.attention_figures"):
     assert call in code
 
 
@@ -49,14 +50,14 @@ def install_test_kernel(root) -> str:
   return root
 
 
-def test_notebook_runs_in_smoke_mode(cifar10_small, tmp_path, monkeypatch):
+def test_notebook_runs_in_smoke_mode(cifar10_mini, tmp_path, monkeypatch):
   nbclient = pytest.importorskip("nbclient")
   monkeypatch.setenv("JUPYTER_PATH", install_test_kernel(str(tmp_path / "jupyter")))
   monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter_runtime"))
   monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
   workdir = tmp_path / "runs"
   monkeypatch.setenv("WACNN_SMOKE", "1")
-  monkeypatch.setenv("WACNN_IMAGE_FOLDER", cifar10_small)
+  monkeypatch.setenv("WACNN_IMAGE_FOLDER", cifar10_mini)
   monkeypatch.setenv("WACNN_WORKDIR", str(workdir))
   monkeypatch.setenv("MPLBACKEND", "Agg")
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(

@@ -21,8 +21,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.conftest import smoke_run_config
+from tests.helpers import REPO_ROOT
+from tests.helpers import smoke_run_config
 from wacnn_jax import checkpointing
 from wacnn_jax import restore
 from wacnn_jax import metrics

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 from wacnn_jax import reproduce
 
 TINY = ["num_epochs=1", "batch_size=32", "eval_batch_size=16", "data.max_train_examples=64",

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from tests.conftest import smoke_run_config
+from tests.helpers import smoke_run_config
 from tests.test_report import table_rows as report_rows
 from wacnn_jax import cli
 from wacnn_jax import checkpointing

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,8 @@ import numpy as np
 import pytest
 
 from configs import cifar
-from tests.conftest import smoke_run_config as smoke_config
+from tests.helpers import copy_run
+from tests.helpers import smoke_run_config as smoke_config
 from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
 from wacnn_jax import parallel
@@ -124,17 +124,8 @@ def test_eval_data_covers_every_example_once(n, batch):
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smoke_run(cifar10_small, tmp_path_factory):
-  """One smoke training run (2 epochs, 512 real CIFAR-10 images)."""
-  workdir = str(tmp_path_factory.mktemp("smoke_run"))
-  config = smoke_config(cifar10_small)
-  state = train.train_and_evaluate(config, workdir)
-  return config, workdir, state
-
-
-def test_smoke_run_writes_its_outputs(smoke_run):
-  config, workdir, state = smoke_run
+def test_smoke_run_writes_its_outputs(smoke_wa_run):
+  config, workdir, state = smoke_wa_run.config, smoke_wa_run.workdir, smoke_wa_run.state
   records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["epoch"] for r in records] == [1, 2]
   assert all(r["test_examples"] == config.data.max_test_examples for r in records)
@@ -149,8 +140,8 @@ def test_smoke_run_writes_its_outputs(smoke_run):
   assert json.load(open(os.path.join(workdir, "config.json")))["model"]["arch"] == "resnet18"
 
 
-def test_evaluation_agrees_with_a_direct_forward_pass(smoke_run, cifar10_small):
-  config, _, state = smoke_run
+def test_evaluation_agrees_with_a_direct_forward_pass(smoke_wa_run):
+  config, state = smoke_wa_run.config, smoke_wa_run.state
   dataset = input_pipeline.load_dataset(config.data)
   topology = parallel.Topology.current()
   data = parallel.shard_eval_data(dataset.test, topology, 48)  # 256 = 5 batches + 16
@@ -174,13 +165,11 @@ def test_evaluation_agrees_with_a_direct_forward_pass(smoke_run, cifar10_small):
   np.testing.assert_array_equal(result["confusion"], confusion)
 
 
-def test_checkpoint_of_another_model_is_refused(smoke_run, cifar10_small, tmp_path):
-  _, workdir, _ = smoke_run
-  copy = str(tmp_path / "run")
-  shutil.copytree(workdir, copy)
-  config = smoke_config(cifar10_small, **{"model.attention": "none"})
+def test_checkpoint_of_another_model_is_refused(smoke_wa_run, cifar10_mini, tmp_path):
+  run = copy_run(smoke_wa_run, tmp_path / "run")
+  config = smoke_config(cifar10_mini, **{"model.attention": "none"})
   with pytest.raises(checkpointing.CheckpointError, match="another model.*model.attention"):
-    train.train_and_evaluate(config, copy)
+    train.train_and_evaluate(config, run.workdir)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
@@ -198,15 +187,19 @@ def test_tfds_mock_data_through_the_full_pipeline(name, tmp_path):
   assert state.params["classifier"]["kernel"].shape[-1] == (10 if name == "cifar10" else 100)
 
 
-def test_learns_on_real_cifar10(cifar10_small, tmp_path):
-  """ResNet18+WA on 3,000 real CIFAR-10 images: clearly above chance (10 %)."""
-  config = smoke_config(cifar10_small, num_epochs=4, batch_size=64,
+def test_learns_on_real_cifar10(cifar10_mini, tmp_path):
+  """ResNet18+WA on 520 real CIFAR-10 images, 12 epochs: clearly above chance (10 %).
+
+  Best test accuracy on the 260 test images measured 0.37 (seed 0; seeds 1 and
+  2: 0.36, 0.29); chance gives 0.10 +- 0.02.
+  """
+  config = smoke_config(cifar10_mini, num_epochs=12, batch_size=64,
                         **{"data.max_train_examples": 0, "data.max_test_examples": 0,
-                           "schedule.boundaries": (3,), "optimizer.learning_rate": 0.05})
+                           "schedule.boundaries": (11,), "optimizer.learning_rate": 0.05})
   train.train_and_evaluate(config, str(tmp_path))
   records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   print("real-data accuracy per epoch:", [round(r["test_accuracy"], 3) for r in records],
         "images/s:", [round(r["images_per_sec"]) for r in records])
-  assert records[-1]["test_examples"] == 600
-  assert records[-1]["best_test_accuracy"] > 0.30
+  assert records[-1]["test_examples"] == 260
+  assert records[-1]["best_test_accuracy"] > 0.25
   assert records[-1]["train_loss"] < records[0]["train_loss"]
