@@ -423,7 +423,6 @@ def wa_twin_layers(config, dataset: input_pipeline.Dataset) -> list[str]:
   from wacnn_jax import visualize  # pylint: disable=g-import-not-at-top
   twin = ml_collections.ConfigDict(config.to_dict())
   twin.model.attention = "wa"
-  twin.model.attention_param = None
   model = train.create_model(twin, dataset.num_classes, axis_name=None)
   variables = jax.eval_shape(lambda: train.initial_variables(
       model, dataset.image_shape, jax.random.PRNGKey(0)))

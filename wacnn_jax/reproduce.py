@@ -6,7 +6,10 @@
 
 Every run is `run_train.py` with `configs/default.py` (the reference recipe),
 `model.arch`, `model.attention`, `data.dataset` = `--table` and `seed`, in
-`RESULTS/<table>/<arch>-<attention>/seed<k>/`. `--data` is an image folder or
+`RESULTS/<table>/<arch>-<attention>/seed<k>/`. `--attentions` lists attention
+specs, e.g. `none,wa,se(reduction=8),wa(wavelet='db2')` (see
+`wacnn_jax.attention`); each is checked and written in its canonical form,
+without quotes and spaces in folder names. `--data` is an image folder or
 archive (read without TensorFlow) or `tfds` (tensorflow-datasets downloads
 and prepares `--table`, e.g. cifar100). `--set key=value` adds
 `--config.key=value` to every run (for short runs).
@@ -42,6 +45,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
+from wacnn_jax.attention import AttentionSpec
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_TRAIN = os.path.join(REPO_ROOT, "run_train.py")
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "default.py")
@@ -56,11 +61,13 @@ class Cell:
   """One (arch, attention) configuration of the grid."""
 
   arch: str
-  attention: str
+  attention: str  # a canonical attention spec string
 
   @property
   def name(self) -> str:
-    return f"{self.arch}-{self.attention}"
+    """The cell's folder name, e.g. "resnet18-wa(wavelet=db2,stages=all)"."""
+    spec = self.attention.replace("'", "").replace('"', "").replace(" ", "")
+    return f"{self.arch}-{spec}"
 
 
 @dataclasses.dataclass
@@ -106,6 +113,17 @@ def read_run(workdir: str) -> SeedRun:
       train_seconds=sum(r["epoch_seconds"] - r.get("compile_seconds", 0.0) for r in records),
       params=summary.get("params"), flops=summary.get("flops_per_image"),
       devices=tuple(sorted({i["device"] for i in invocations})))
+
+
+def split_attentions(text: str) -> list[str]:
+  """The comma-separated specs of `text`; commas inside parentheses belong to a spec."""
+  specs, depth, start = [], 0, 0
+  for i, char in enumerate(text):
+    depth += {"(": 1, ")": -1}.get(char, 0)
+    if char == "," and depth == 0:
+      specs.append(text[start:i])
+      start = i + 1
+  return [spec.strip() for spec in specs + [text[start:]]]
 
 
 def run_command(cell: Cell, seed: int, table: str, data: str, workdir: str,
@@ -291,7 +309,8 @@ def main(argv=None) -> int:
       prog="python -m wacnn_jax.reproduce", description=__doc__.split("\n")[0])
   parser.add_argument("--table", default="cifar10", help="the dataset: cifar10 or cifar100")
   parser.add_argument("--archs", default="resnet18,mobilenetv2,vgg16_bn")
-  parser.add_argument("--attentions", default="none,wa")
+  parser.add_argument("--attentions", default="none,wa",
+                      help="attention specs, e.g. none,wa,se(reduction=8)")
   parser.add_argument("--seeds", type=int, default=4)
   parser.add_argument("--data", required=True,
                       help="an image folder or .tar.gz of one, or 'tfds' to use tensorflow-datasets")
@@ -310,7 +329,11 @@ def main(argv=None) -> int:
     parser.error(f"--data {args.data!r} does not exist; give an image folder, an archive "
                  "of one, or 'tfds'")
   try:
-    reproduce(args.table, args.archs.split(","), args.attentions.split(","), args.seeds,
+    attentions = [str(AttentionSpec.parse(spec)) for spec in split_attentions(args.attentions)]
+  except ValueError as e:
+    parser.error(f"--attentions: {e}")
+  try:
+    reproduce(args.table, args.archs.split(","), attentions, args.seeds,
               args.data, args.results, args.budget, args.set, args.min_run_seconds,
               args.keep_checkpoints_mb)
   except RuntimeError as e:

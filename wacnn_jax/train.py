@@ -60,6 +60,7 @@ from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
 from wacnn_jax import models
 from wacnn_jax import workdirs
+from wacnn_jax.attention import AttentionSpec
 
 AXIS_NAME = "batch"
 # A step diverged when its mean cross-entropy is not finite or above this (chance
@@ -95,10 +96,12 @@ NUMERIC_FIELD_MINIMUM = {
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the numeric fields (`NUMERIC_FIELD_MINIMUM`, `schedule.boundaries`) before any work.
+  """Checks the numeric fields (`NUMERIC_FIELD_MINIMUM`, `schedule.boundaries`) and the
+  model section (arch, attention spec, block) before any work.
 
   Raises ValueError naming the first bad field, e.g.
-  "checkpoint_every_epochs=0 is out of range: it must be a finite number >= 1".
+  "checkpoint_every_epochs=0 is out of range: it must be a finite number >= 1" or
+  "se has no option 'kernel_size'; its options: reduction (default 4)."
   """
   def check(field, value, least):
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
@@ -113,19 +116,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(field, value, least)
   for boundary in config.schedule.boundaries:
     check("schedule.boundaries", boundary, 0)
+  create_model(config, num_classes=1)
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int,
                  axis_name: str | None = AXIS_NAME):
-  model_config = config.model
+  """`config.model`'s network (`models.create_model`); bfloat16 compute with `half_precision`."""
   return models.create_model(
-      model_config.arch,
-      num_classes=num_classes,
-      attention=model_config.attention,
-      attention_param=model_config.attention_param,
-      block=model_config.block,
-      wa_stages=model_config.wa_stages,
-      dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
+      config.model.arch, num_classes=num_classes, attention=config.model.attention,
+      block=config.model.block, dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
       axis_name=axis_name)
 
 
@@ -672,9 +671,10 @@ def _progress_bar(total: int, description: str, enabled: bool):
 
 
 def checkpoint_identity(config, dataset: input_pipeline.Dataset) -> dict:
-  """What must match between a checkpoint and any config restoring it: the model, its classes,
-  the number of replicas."""
+  """What must match between a checkpoint and any config restoring it: the model (its
+  attention as the canonical spec string), its classes, the number of replicas."""
   identity = {f"model.{k}": v for k, v in config.model.to_dict().items()}
+  identity["model.attention"] = str(AttentionSpec.parse(config.model.attention))
   identity["num_seeds"] = config.num_seeds
   identity["num_classes"] = dataset.num_classes
   identity["class_names"] = list(dataset.class_names)
@@ -717,7 +717,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   initialize_distributed(config)
   topology = Topology.current(devices)
   per_device_batch = topology.per_device_batch(config.batch_size)
-  create_model(config, num_classes=1)  # unknown arch/attention/...: fail before loading data
   workdirs.prepare(workdir)
   with contextlib.ExitStack() as cleanup:
     if topology.process_index == 0:
