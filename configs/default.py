@@ -16,11 +16,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.arch = "resnet18"
-  config.model.attention = "wa"  # none | se | cbam | eca | gc | wa (alias wad)
-  # Reduction (se/cbam/gc), kernel size (eca) or wavelet name (wa); None = default.
-  config.model.attention_param = ml_collections.config_dict.placeholder(object)
+  # Attention spec: a name, optionally with options given by name as literals
+  # (defaults shown): none | se(reduction=4) | cbam(reduction=4) |
+  # eca(kernel_size=3) | gc(reduction=4) | wa(wavelet='haar', stages='reference')
+  # (alias wad). wavelet: any discrete pywt name; stages: 'reference' (where the
+  # paper's code puts WA) or 'all' (every stride-2 downsampling). E.g.
+  # --config.model.attention=se or --config.model.attention="wa(wavelet='db2')".
+  config.model.attention = "wa"
   config.model.block = ml_collections.config_dict.placeholder(str)  # ResNets: basic | bottleneck
-  config.model.wa_stages = "reference"  # reference | all
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "cifar10"  # any tfds dataset with image/label features

@@ -1,4 +1,8 @@
-"""Attention modules against plain numpy computations with the modules' own parameters."""
+"""Attention modules against plain numpy computations with the modules' own parameters,
+and the attention specs."""
+
+import copy
+import pickle
 
 import flax
 import jax
@@ -8,6 +12,7 @@ import pytest
 import pywt
 
 from wacnn_jax import attention
+from wacnn_jax.attention import AttentionSpec
 
 KEY = jax.random.key(0)
 
@@ -48,9 +53,9 @@ def _np(tree):
 def test_wavelet_attention_matches_numpy(wavelet):
   x = _x((2, 8, 6, 5))
   module = attention.WaveletAttention(wavelet)
-  variables = module.init(KEY, x)
+  variables = module.init(KEY, x, train=False)
   assert "params" not in variables and _count(variables) == 0
-  out, ll = module.apply(variables, x)
+  out, ll = module.apply(variables, x, train=False)
   assert out.shape == ll.shape == (2, 4, 3, 5)
   ca, (ch, cv, _) = pywt.dwt2(x.astype(np.float64), wavelet, mode="periodization",
                               axes=(1, 2))
@@ -61,7 +66,8 @@ def test_wavelet_attention_matches_numpy(wavelet):
 
 def test_wavelet_attention_sows_intermediates():
   x = _x((2, 8, 8, 4), seed=2)
-  (out, ll), state = attention.WaveletAttention().apply({}, x, mutable=["intermediates"])
+  (out, ll), state = attention.WaveletAttention().apply({}, x, train=False,
+                                                       mutable=["intermediates"])
   inter = state["intermediates"]
   att = np.asarray(inter["attention"][0])
   assert att.shape == (2, 4, 4, 4)
@@ -73,9 +79,9 @@ def test_wavelet_attention_sows_intermediates():
 
 def test_wavelet_attention_bfloat16():
   x = _x((2, 8, 8, 4), seed=3)
-  out, ll = attention.WaveletAttention(dtype=jnp.bfloat16).apply({}, x)
+  out, ll = attention.WaveletAttention(dtype=jnp.bfloat16).apply({}, x, train=False)
   assert out.dtype == ll.dtype == jnp.bfloat16
-  ref, _ = attention.WaveletAttention().apply({}, x)
+  ref, _ = attention.WaveletAttention().apply({}, x, train=False)
   np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=5e-2,
                              rtol=2e-2)
 
@@ -86,10 +92,10 @@ def test_wavelet_attention_bfloat16():
 def test_squeeze_excitation():
   x = _x()
   module = attention.SqueezeExcitation(reduction=4)
-  params = module.init(KEY, x)["params"]
+  params = module.init(KEY, x, train=False)["params"]
   assert _count(params) == 2 * 8 * 2  # C * C/r + C/r * C, no biases
   params = _randomise(params)
-  y = module.apply({"params": params}, x)
+  y = module.apply({"params": params}, x, train=False)
   p = _np(params)
   s = x.mean(axis=(1, 2))
   s = _sigmoid(np.maximum(s @ p["squeeze"]["kernel"], 0) @ p["excite"]["kernel"])
@@ -171,10 +177,10 @@ def test_cbam_batch_norm_uses_axis_name():
 def test_eca(k):
   x = _x(seed=6)
   module = attention.ECA(kernel_size=k)
-  params = module.init(KEY, x)["params"]
+  params = module.init(KEY, x, train=False)["params"]
   assert _count(params) == k
   params = _randomise(params)
-  y = module.apply({"params": params}, x)
+  y = module.apply({"params": params}, x, train=False)
   w = np.asarray(params["channel_conv"]["kernel"]).reshape(k)
   s = x.mean(axis=(1, 2))
   padded = np.pad(s, ((0, 0), ((k - 1) // 2, k // 2)))
@@ -189,11 +195,11 @@ def test_eca(k):
 def test_global_context():
   x = _x(seed=7)
   module = attention.GlobalContext(reduction=4)
-  params = module.init(KEY, x)["params"]
+  params = module.init(KEY, x, train=False)["params"]
   # mask (8 + 1) + reduce (8*2 + 2) + LayerNorm 2*2 + expand (2*8 + 8)
   assert _count(params) == 9 + 18 + 4 + 24 == 55
   params = _randomise(params)
-  y = module.apply({"params": params}, x)
+  y = module.apply({"params": params}, x, train=False)
   p = _np(params)
   n, h, w, c = x.shape
   flat = x.reshape(n, h * w, c).astype(np.float64)
@@ -210,115 +216,84 @@ def test_global_context():
 # --------------------------------------------------------------------------- dtype
 
 
-@pytest.mark.parametrize("make, needs_train", [
-    (lambda: attention.SqueezeExcitation(dtype=jnp.bfloat16), False),
-    (lambda: attention.CBAM(dtype=jnp.bfloat16), True),
-    (lambda: attention.ECA(dtype=jnp.bfloat16), False),
-    (lambda: attention.GlobalContext(dtype=jnp.bfloat16), False),
-])
-def test_bfloat16_compute_float32_params(make, needs_train):
+@pytest.mark.parametrize("spec", ["se", "cbam", "eca", "gc"])
+def test_bfloat16_compute_float32_params(spec):
   x = jnp.asarray(_x(seed=8), jnp.bfloat16)
-  module = make()
-  kwargs = {"train": False} if needs_train else {}
-  variables = module.init(KEY, x, **kwargs)
+  module = AttentionSpec.parse(spec).module(name=None, dtype=jnp.bfloat16)
+  variables = module.init(KEY, x, train=False)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
-  y = module.apply(variables, x, **kwargs)
+  y = module.apply(variables, x, train=False)
   assert y.shape == x.shape and y.dtype == jnp.bfloat16
-  ref = module.clone(dtype=jnp.float32).apply(variables, x.astype(jnp.float32), **kwargs)
+  ref = module.clone(dtype=jnp.float32).apply(variables, x.astype(jnp.float32), train=False)
   np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(ref), atol=5e-2, rtol=5e-2)
 
 
-# --------------------------------------------------------------------------- BatchNorm
+# --------------------------------------------------------------------------- spec
 
 
-def _torch_batch_norm_steps(steps, scale, bias, momentum):
-  """torch.nn.BatchNorm2d in float64 on NHWC `steps`: train outputs, running stats, module."""
-  torch = pytest.importorskip("torch")
-  bn = torch.nn.BatchNorm2d(scale.shape[0], eps=1e-5, momentum=momentum).double()
-  with torch.no_grad():
-    bn.weight.copy_(torch.from_numpy(scale.astype(np.float64)))
-    bn.bias.copy_(torch.from_numpy(bias.astype(np.float64)))
-  bn.train()
-  outputs, stats = [], []
-  for x in steps:
-    nchw = torch.from_numpy(np.asarray(x, np.float64).transpose(0, 3, 1, 2))
-    with torch.no_grad():
-      outputs.append(bn(nchw).numpy().transpose(0, 2, 3, 1))
-    stats.append((bn.running_mean.numpy().copy(), bn.running_var.numpy().copy()))
-  return outputs, stats, bn
-
-
-def _torch_eval(bn, x):
-  import torch  # pylint: disable=g-import-not-at-top
-  bn.eval()
-  with torch.no_grad():
-    nchw = torch.from_numpy(np.asarray(x, np.float64).transpose(0, 3, 1, 2))
-    return bn(nchw).numpy().transpose(0, 2, 3, 1)
-
-
-@pytest.mark.parametrize("shape, momentum, devices, dtype", [
-    ((4, 3, 3, 6), attention.BN_MOMENTUM, 1, jnp.float32),
-    ((3, 1, 1, 6), attention.BN_MOMENTUM, 1, jnp.float32),  # VGG's 1x1 maps: n = 3
-    ((4, 2, 2, 6), attention.CBAM_BN_MOMENTUM, 1, jnp.float32),
-    ((4, 1, 1, 6), attention.BN_MOMENTUM, 2, jnp.float32),  # 2 devices x 2 images
-    ((4, 2, 2, 6), attention.BN_MOMENTUM, 1, jnp.bfloat16),
+@pytest.mark.parametrize("text, name, options, canonical", [
+    ("none", "none", {}, "none"),
+    ("se", "se", {"reduction": 4}, "se"),
+    ("se(reduction=4)", "se", {"reduction": 4}, "se"),
+    (" se ( reduction = 8 ) ", "se", {"reduction": 8}, "se(reduction=8)"),
+    ("cbam(reduction=2)", "cbam", {"reduction": 2}, "cbam(reduction=2)"),
+    ("eca(kernel_size=5)", "eca", {"kernel_size": 5}, "eca(kernel_size=5)"),
+    ("gc()", "gc", {"reduction": 4}, "gc"),
+    ("wa", "wa", {"wavelet": "haar", "stages": "reference"}, "wa"),
+    ("wad", "wa", {"wavelet": "haar", "stages": "reference"}, "wa"),
+    ("wa(stages='all', wavelet='db2')", "wa", {"wavelet": "db2", "stages": "all"},
+     "wa(wavelet='db2', stages='all')"),
+    ('wad(wavelet="sym4")', "wa", {"wavelet": "sym4", "stages": "reference"},
+     "wa(wavelet='sym4')"),
 ])
-def test_batch_norm_matches_torch(shape, momentum, devices, dtype):
-  """Three training steps then evaluation, against torch.nn.BatchNorm2d in float64.
-
-  Running mean/var (PyTorch: unbiased batch variance, n = values per channel in
-  the whole cross-device batch) agree to float32 rounding: rtol 1e-5. Outputs
-  (O(1)) agree to 1e-5 in float32 and to bfloat16 rounding (2^-8 relative,
-  tolerance 2e-2) with bfloat16 compute, whose statistics stay float32 and are
-  computed from the bfloat16 inputs that torch receives too.
-  """
-  rng = np.random.default_rng(9)
-  c = shape[-1]
-  steps = [jnp.asarray(rng.normal(2.0, 3.0, size=shape), dtype) for _ in range(3)]
-  scale = rng.uniform(0.5, 1.5, c).astype(np.float32)
-  bias = rng.uniform(-0.5, 0.5, c).astype(np.float32)
-  want_outputs, want_stats, torch_bn = _torch_batch_norm_steps(
-      [np.asarray(x, np.float32) for x in steps], scale, bias, 1 - momentum)
-
-  axis_name = "devices" if devices > 1 else None
-  module = attention.BatchNorm(use_running_average=False, momentum=momentum, dtype=dtype,
-                               axis_name=axis_name)
-  variables = module.init(KEY, steps[0])
-  assert jax.tree.map(lambda a: (a.shape, a.dtype), flax.core.unfreeze(variables)) == {
-      "params": {"scale": ((c,), jnp.float32), "bias": ((c,), jnp.float32)},
-      "batch_stats": {"mean": ((c,), jnp.float32), "var": ((c,), jnp.float32)}}
-  params = {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}
-  stats = variables["batch_stats"]
-
-  def train_step(stats, x):
-    y, updates = module.apply({"params": params, "batch_stats": stats}, x,
-                              mutable=["batch_stats"])
-    return y, updates["batch_stats"]
-
-  if devices > 1:
-    split = jax.vmap(train_step, in_axes=(None, 0), out_axes=(0, None), axis_name="devices")
-    train_step = lambda stats, x: (lambda y, s: (y.reshape(shape), s))(
-        *split(stats, x.reshape((devices, -1) + shape[1:])))
-  output_tol = dict(rtol=2e-2, atol=2e-2) if dtype == jnp.bfloat16 else dict(rtol=1e-5,
-                                                                              atol=1e-5)
-  for x, want_y, (want_mean, want_var) in zip(steps, want_outputs, want_stats):
-    y, stats = train_step(stats, x)
-    assert y.dtype == dtype and stats["var"].dtype == jnp.float32
-    np.testing.assert_allclose(np.asarray(y, np.float64), want_y, **output_tol)
-    np.testing.assert_allclose(np.asarray(stats["mean"]), want_mean, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(stats["var"]), want_var, rtol=1e-5)
-
-  x = jnp.asarray(rng.normal(2.0, 3.0, size=shape), dtype)
-  y = module.clone(use_running_average=True, axis_name=None).apply(
-      {"params": params, "batch_stats": stats}, x)
-  np.testing.assert_allclose(np.asarray(y, np.float64),
-                             _torch_eval(torch_bn, np.asarray(x, np.float32)), **output_tol)
+def test_spec_parse_and_canonical_string(text, name, options, canonical):
+  spec = AttentionSpec.parse(text)
+  assert spec.name == name and dict(spec.options) == options
+  assert str(spec) == canonical and AttentionSpec.parse(canonical) == spec
+  assert hash(AttentionSpec.parse(canonical)) == hash(spec)
+  assert spec == AttentionSpec(name, options) and eval(repr(spec)) == spec  # pylint: disable=eval-used
+  assert pickle.loads(pickle.dumps(spec)) == spec and copy.deepcopy(spec) == spec
+  with pytest.raises(TypeError):
+    spec.options["x"] = 1  # read-only
 
 
-def test_batch_norm_refuses_one_value_per_channel():
-  """As torch.nn.BatchNorm2d: training needs n > 1 (the unbiased variance divides by n - 1)."""
-  module = attention.BatchNorm(use_running_average=False)
-  x = jnp.ones((1, 1, 1, 4))
-  variables = module.init(KEY, x)
-  with pytest.raises(ValueError, match="more than 1 value per channel"):
-    module.apply(variables, x, mutable=["batch_stats"])
+def test_spec_roles_and_modules():
+  none, se, wa = (AttentionSpec.parse(t) for t in ("none", "se(reduction=2)", "wa(stages='all')"))
+  assert not none.in_blocks and not none.replaces_downsampling
+  assert se.in_blocks and not se.replaces_downsampling
+  assert wa.replaces_downsampling and not wa.in_blocks
+  module = se.module(name="attention", dtype=jnp.bfloat16, axis_name="devices")
+  assert module == attention.SqueezeExcitation(2, dtype=jnp.bfloat16, axis_name="devices",
+                                               name="attention")
+  # `stages` places WA and is not a field of the module.
+  assert wa.module(name="wa", dtype=jnp.float32) == attention.WaveletAttention("haar", name="wa")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sa", "unknown attention 'sa'; choose one of: none, se, cbam, eca, gc, wa (alias wad)."),
+    ("se(kernel_size=3)", "se has no option 'kernel_size'; its options: reduction (default 4)."),
+    ("none(reduction=2)", "none has no option 'reduction'; it has no options."),
+    ("wa(level=2)", "wa has no option 'level'; its options: wavelet (default 'haar'), "
+     "stages (default 'reference')."),
+    ("se(reduction=0)", "se option reduction=0 is invalid: it must be a positive integer."),
+    ("gc(reduction=2.0)", "gc option reduction=2.0 is invalid: it must be a positive integer."),
+    ("cbam(reduction=True)", "cbam option reduction=True is invalid: it must be a positive "
+     "integer."),
+    ("wa(stages='some')", "wa option stages='some' is invalid: it must be one of 'reference', "
+     "'all'."),
+    ("wa(wavelet='nope')", "wa option wavelet='nope' is invalid: unknown wavelet 'nope'."),
+    ("se(8)", "attention 'se(8)': options go by name, as se(option=value); its options: "
+     "reduction (default 4)."),
+    ("se(reduction=2, reduction=3)", "attention 'se(reduction=2, reduction=3)' sets reduction "
+     "twice."),
+    ("wa(wavelet=db2)", "attention 'wa(wavelet=db2)': the value of wavelet must be a literal "
+     "(a number or a quoted string), got db2."),
+    ("se(reduction=8", "cannot read attention 'se(reduction=8': write a name or"),
+    ("os.system('x')", "cannot read attention \"os.system('x')\""),
+    ("", "cannot read attention ''"),
+])
+def test_spec_errors_name_the_problem_and_the_choices(text, message):
+  with pytest.raises(ValueError) as error:
+    AttentionSpec.parse(text)
+  assert str(error.value).startswith(message), str(error.value)
+  assert "\n" not in str(error.value)

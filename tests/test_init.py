@@ -41,7 +41,6 @@ from scipy import special
 
 from wacnn_jax import attention
 from wacnn_jax import models
-from wacnn_jax.models import layers
 from wacnn_jax.models import mobilenet_v2
 from wacnn_jax.models import resnet
 from wacnn_jax.models import vgg
@@ -150,12 +149,9 @@ def _check_model_init(model, x, vgg_init, **kwargs):
   return variables
 
 
-ATTENTIONS = ("none", "se", "cbam", "eca", "gc", "wa")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "vgg16_bn", "mobilenetv2"])
-@pytest.mark.parametrize("attention_kind", ATTENTIONS)
+@pytest.mark.parametrize("attention_kind", attention.attention_names())
 def test_every_model_is_initialised_as_the_reference(arch, attention_kind):
   model = models.create_model(arch, num_classes=10, attention=attention_kind)
   _check_model_init(model, IMAGES[:1], arch.startswith("vgg"), train=False)
@@ -193,17 +189,17 @@ def test_mobilenet_block_is_initialised_as_the_reference():
 VGG_INITS = dict(linear_init=vgg.linear_init, conv_init=vgg.conv_init)
 
 
-@pytest.mark.parametrize("make, vgg_init, kwargs", [
-    (lambda: attention.SqueezeExcitation(), False, {}),
-    (lambda: attention.SqueezeExcitation(linear_init=vgg.linear_init), True, {}),
-    (lambda: attention.CBAM(), False, {"train": False}),
-    (lambda: attention.CBAM(**VGG_INITS), True, {"train": False}),
-    (lambda: attention.ECA(), False, {}),
-    (lambda: attention.GlobalContext(), False, {}),
-    (lambda: attention.GlobalContext(conv_init=vgg.conv_init), True, {}),
+@pytest.mark.parametrize("make, vgg_init", [
+    (lambda: attention.SqueezeExcitation(), False),
+    (lambda: attention.SqueezeExcitation(linear_init=vgg.linear_init), True),
+    (lambda: attention.CBAM(), False),
+    (lambda: attention.CBAM(**VGG_INITS), True),
+    (lambda: attention.ECA(), False),
+    (lambda: attention.GlobalContext(), False),
+    (lambda: attention.GlobalContext(conv_init=vgg.conv_init), True),
 ], ids=["se", "se-vgg", "cbam", "cbam-vgg", "eca", "gc", "gc-vgg"])
-def test_attention_modules_are_initialised_as_the_reference(make, vgg_init, kwargs):
-  variables = _check_model_init(make(), jnp.zeros((1, 2, 2, 64)), vgg_init, **kwargs)
+def test_attention_modules_are_initialised_as_the_reference(make, vgg_init):
+  variables = _check_model_init(make(), jnp.zeros((1, 2, 2, 64)), vgg_init, train=False)
   if isinstance(make(), attention.GlobalContext) and not vgg_init:
     # GCNet's block starts as the identity: its last transform conv is zero.
     assert not variables["params"]["transform_expand"]["kernel"].any()

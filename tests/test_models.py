@@ -10,37 +10,115 @@ distributions are tested in tests/test_init.py.
 import functools
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import pywt
 
+from wacnn_jax import attention
 from wacnn_jax import models
+from wacnn_jax.attention import AttentionSpec
+from wacnn_jax.models import registry
 from wacnn_jax.models import resnet
 
 ATTENTIONS = ("none", "se", "cbam", "eca", "gc", "wa")
+WA = AttentionSpec("wa")
 
-# (arch, block): counts for ATTENTIONS at 10 classes (docs/parameter_counts.md).
+# One row per model, (arch, block, attention spec): its parameters at 10 classes
+# (docs/parameter_counts.md).
 PARAMS_10 = {
-    ("resnet18", "basic"): (272474, 280538, 281858, 272501, 281471, 272474),
-    ("resnet34", "basic"): (466906, 480346, 482546, 466951, 481901, 466906),
-    ("resnet50", "basic"): (855770, 879962, 883922, 855851, 882761, 855770),
-    ("resnet110", "basic"): (1730714, 1779098, 1787018, 1730876, 1784696, 1730714),
-    ("resnet164", "basic"): (2605658, 2678234, 2690114, 2605901, 2686631, 2605658),
-    ("resnet50", "bottleneck"): (591322, 849370, 854530, 591376, 856780, 591322),
-    ("resnet110", "bottleneck"): (1147738, 1663834, 1674154, 1147846, 1678654, 1147738),
-    ("resnet164", "bottleneck"): (1704154, 2478298, 2493778, 1704316, 2500528, 1704154),
-    ("vgg11_bn", None): (28149514, 28749578, 28753818, 28149538, 28757154, 28149514),
-    ("vgg13_bn", None): (28334410, 28944714, 28949394, 28334440, 28952820, 28334410),
-    ("vgg16_bn", None): (33646666, 34551882, 34558462, 33646705, 34563511, 33646666),
-    ("vgg19_bn", None): (38958922, 40159050, 40167530, 38958970, 40174202, 38958922),
-    ("mobilenetv2", None): (2296922, 2410778, 2414358, 2296973, 2414931, 2296922),
+    ("resnet18", "basic", "none"): 272474,
+    ("resnet18", "basic", "se"): 280538,
+    ("resnet18", "basic", "cbam"): 281858,
+    ("resnet18", "basic", "eca"): 272501,
+    ("resnet18", "basic", "gc"): 281471,
+    ("resnet18", "basic", "wa"): 272474,
+    ("resnet34", "basic", "none"): 466906,
+    ("resnet34", "basic", "se"): 480346,
+    ("resnet34", "basic", "cbam"): 482546,
+    ("resnet34", "basic", "eca"): 466951,
+    ("resnet34", "basic", "gc"): 481901,
+    ("resnet34", "basic", "wa"): 466906,
+    ("resnet50", "basic", "none"): 855770,
+    ("resnet50", "basic", "se"): 879962,
+    ("resnet50", "basic", "cbam"): 883922,
+    ("resnet50", "basic", "eca"): 855851,
+    ("resnet50", "basic", "gc"): 882761,
+    ("resnet50", "basic", "wa"): 855770,
+    ("resnet110", "basic", "none"): 1730714,
+    ("resnet110", "basic", "se"): 1779098,
+    ("resnet110", "basic", "cbam"): 1787018,
+    ("resnet110", "basic", "eca"): 1730876,
+    ("resnet110", "basic", "gc"): 1784696,
+    ("resnet110", "basic", "wa"): 1730714,
+    ("resnet164", "basic", "none"): 2605658,
+    ("resnet164", "basic", "se"): 2678234,
+    ("resnet164", "basic", "cbam"): 2690114,
+    ("resnet164", "basic", "eca"): 2605901,
+    ("resnet164", "basic", "gc"): 2686631,
+    ("resnet164", "basic", "wa"): 2605658,
+    ("resnet50", "bottleneck", "none"): 591322,
+    ("resnet50", "bottleneck", "se"): 849370,
+    ("resnet50", "bottleneck", "cbam"): 854530,
+    ("resnet50", "bottleneck", "eca"): 591376,
+    ("resnet50", "bottleneck", "gc"): 856780,
+    ("resnet50", "bottleneck", "wa"): 591322,
+    ("resnet110", "bottleneck", "none"): 1147738,
+    ("resnet110", "bottleneck", "se"): 1663834,
+    ("resnet110", "bottleneck", "cbam"): 1674154,
+    ("resnet110", "bottleneck", "eca"): 1147846,
+    ("resnet110", "bottleneck", "gc"): 1678654,
+    ("resnet110", "bottleneck", "wa"): 1147738,
+    ("resnet164", "bottleneck", "none"): 1704154,
+    ("resnet164", "bottleneck", "se"): 2478298,
+    ("resnet164", "bottleneck", "cbam"): 2493778,
+    ("resnet164", "bottleneck", "eca"): 1704316,
+    ("resnet164", "bottleneck", "gc"): 2500528,
+    ("resnet164", "bottleneck", "wa"): 1704154,
+    ("vgg11_bn", None, "none"): 28149514,
+    ("vgg11_bn", None, "se"): 28749578,
+    ("vgg11_bn", None, "cbam"): 28753818,
+    ("vgg11_bn", None, "eca"): 28149538,
+    ("vgg11_bn", None, "gc"): 28757154,
+    ("vgg11_bn", None, "wa"): 28149514,
+    ("vgg13_bn", None, "none"): 28334410,
+    ("vgg13_bn", None, "se"): 28944714,
+    ("vgg13_bn", None, "cbam"): 28949394,
+    ("vgg13_bn", None, "eca"): 28334440,
+    ("vgg13_bn", None, "gc"): 28952820,
+    ("vgg13_bn", None, "wa"): 28334410,
+    ("vgg16_bn", None, "none"): 33646666,
+    ("vgg16_bn", None, "se"): 34551882,
+    ("vgg16_bn", None, "cbam"): 34558462,
+    ("vgg16_bn", None, "eca"): 33646705,
+    ("vgg16_bn", None, "gc"): 34563511,
+    ("vgg16_bn", None, "wa"): 33646666,
+    ("vgg19_bn", None, "none"): 38958922,
+    ("vgg19_bn", None, "se"): 40159050,
+    ("vgg19_bn", None, "cbam"): 40167530,
+    ("vgg19_bn", None, "eca"): 38958970,
+    ("vgg19_bn", None, "gc"): 40174202,
+    ("vgg19_bn", None, "wa"): 38958922,
+    ("mobilenetv2", None, "none"): 2296922,
+    ("mobilenetv2", None, "se"): 2410778,
+    ("mobilenetv2", None, "cbam"): 2414358,
+    ("mobilenetv2", None, "eca"): 2296973,
+    ("mobilenetv2", None, "gc"): 2414931,
+    ("mobilenetv2", None, "wa"): 2296922,
+    # Options other than the defaults: se and gc at r = 8 (C // 8 hidden units),
+    # ECA with 5 taps per block; WA has no parameters wherever it goes.
+    ("resnet18", "basic", "se(reduction=8)"): 276506,
+    ("resnet18", "basic", "gc(reduction=8)"): 277313,
+    ("resnet18", "basic", "eca(kernel_size=5)"): 272519,
+    ("resnet18", "basic", "wa(wavelet='db2', stages='all')"): 272474,
+    ("vgg11_bn", None, "wa(wavelet='db2', stages='all')"): 28149514,
 }
 # 90 more classes: 90 * (classifier input width + 1).
 EXTRA_FOR_100 = {"basic": 90 * 65, "bottleneck": 90 * 257, "vgg": 90 * 4097,
                  "mobilenetv2": 90 * 1281}
-CONFIGS = tuple(PARAMS_10)
+BACKBONES = tuple(dict.fromkeys((arch, block) for arch, block, _ in PARAMS_10))
 
 KEY = jax.random.key(0)
 # Real initialisation runs jitted with the rbg PRNG: threefry's kernels are slow to compile on CPU.
@@ -52,14 +130,14 @@ def _family(arch, block):
   return block or ("vgg" if arch.startswith("vgg") else arch)
 
 
-def _model(arch, block, attention="none", num_classes=10, **kwargs):
-  return models.create_model(arch, num_classes=num_classes, attention=attention,
+def _model(arch, block, spec="none", num_classes=10, **kwargs):
+  return models.create_model(arch, num_classes=num_classes, attention=spec,
                              block=None if block == "basic" else block, **kwargs)
 
 
 @functools.lru_cache(maxsize=None)
-def _shapes(arch, block, attention="none", num_classes=10, wa_stages="reference"):
-  model = _model(arch, block, attention, num_classes, wa_stages=wa_stages)
+def _shapes(arch, block, spec="none", num_classes=10):
+  model = _model(arch, block, spec, num_classes)
   return jax.eval_shape(
       lambda: model.init({"params": KEY, "dropout": KEY}, IMAGES, train=False))
 
@@ -99,34 +177,33 @@ def _with_classes(variables, num_classes, seed=0):
 
 
 def _count_cases():
-  """Every (arch, block, attention). The comparison attentions on the two deepest ResNets
-  (16 cases, ~2/3 of this test's time: tracing 54-81 blocks) are marked slow; run them with
+  """Every row of PARAMS_10. The in-block attentions on the two deepest ResNets (16 cases,
+  ~2/3 of this test's time: tracing 54-81 blocks) are marked slow; run them with
   `pytest -m slow`. Their counts are linear in the depth, which the default run checks at
   n = 3, 5, 9 (basic) and 6 (bottleneck)."""
-  for arch, block in CONFIGS:
-    for attention in ATTENTIONS:
-      deep = arch in ("resnet110", "resnet164") and attention not in ("none", "wa")
-      yield pytest.param(arch, block, attention, marks=[pytest.mark.slow] if deep else [])
+  for arch, block, spec in PARAMS_10:
+    deep = arch in ("resnet110", "resnet164") and AttentionSpec.parse(spec).in_blocks
+    yield pytest.param(arch, block, spec, marks=[pytest.mark.slow] if deep else [])
 
 
-@pytest.mark.parametrize("arch, block, attention", list(_count_cases()))
-def test_parameter_count(arch, block, attention):
-  variables = _shapes(arch, block, attention)
+@pytest.mark.parametrize("arch, block, spec", list(_count_cases()))
+def test_parameter_count(arch, block, spec):
+  variables = _shapes(arch, block, spec)
   assert set(variables) == {"params", "batch_stats"}
-  assert _count(variables["params"]) == PARAMS_10[(arch, block)][ATTENTIONS.index(attention)]
+  assert _count(variables["params"]) == PARAMS_10[(arch, block, spec)]
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
 
 
 @pytest.mark.parametrize("arch, block", [
     ("resnet18", "basic"), ("resnet50", "bottleneck"), ("vgg11_bn", None), ("mobilenetv2", None)])
 def test_parameter_count_100_classes(arch, block):
-  expected = PARAMS_10[(arch, block)][0] + EXTRA_FOR_100[_family(arch, block)]
+  expected = PARAMS_10[(arch, block, "none")] + EXTRA_FOR_100[_family(arch, block)]
   assert _count(_shapes(arch, block, "none", 100)["params"]) == expected
 
 
 def test_wa_all_stages_keeps_the_count():
-  shapes = _shapes("resnet18", "basic", "wa", wa_stages="all")
-  assert _count(shapes["params"]) == PARAMS_10[("resnet18", "basic")][0]
+  shapes = _shapes("resnet18", "basic", "wa(stages='all')")
+  assert _count(shapes["params"]) == PARAMS_10[("resnet18", "basic", "none")]
   # Stage 3's downsampling block now has a stride-1 shortcut on LL: same shapes.
   assert shapes["params"]["stage3_block0"]["shortcut_conv"]["kernel"].shape == (1, 1, 32, 64)
 
@@ -146,7 +223,7 @@ def test_comparison_attention_sits_in_every_block():
 # --------------------------------------------------------------------------- forward
 
 
-WA_SITES = {  # where WA sits with wa_stages="reference" (module paths)
+WA_SITES = {  # where WA sits with stages='reference' (module paths)
     "basic": {"stage2_block0"},
     "bottleneck": {"stage2_block0", "stage3_block0"},
     "vgg": {f"wavelet_attention{i}" for i in range(5)},
@@ -193,7 +270,7 @@ def _run(model, variables, num_classes, expect_wa, jit=False):
   assert np.abs(np.asarray(updates["batch_stats"][first_bn]["mean"])).max() > 0
 
 
-@pytest.mark.parametrize("arch, block", CONFIGS)
+@pytest.mark.parametrize("arch, block", BACKBONES)
 def test_forward_baseline_and_wa(arch, block):
   """Baseline at 10 classes, WA at 100, both in eval and train mode."""
   shapes = _shapes(arch, block, "none")
@@ -208,25 +285,27 @@ def test_forward_baseline_and_wa(arch, block):
 
 
 def test_forward_wa_all_stages_and_alias():
-  model = _model("resnet18", "basic", "wa", wa_stages="all")
-  variables = _random_variables(_shapes("resnet18", "basic", "wa", wa_stages="all"))
+  model = _model("resnet18", "basic", "wa(stages='all')")
+  variables = _random_variables(_shapes("resnet18", "basic", "wa(stages='all')"))
   _run(model, variables, 10, expect_wa={"stage2_block0", "stage3_block0"})
   alias = models.create_model("resnet18", num_classes=10, attention="wad")
   assert alias == _model("resnet18", "basic", "wa")
-  # VGG / MobileNetV2: "all" is "reference".
-  assert (models.create_model("vgg11_bn", num_classes=10, attention="wa", wa_stages="all")
-          == models.create_model("vgg11_bn", num_classes=10, attention="wa"))
+  # VGG: 'all' is 'reference', the same computation.
+  shapes = _shapes("vgg11_bn", None, "wa")
+  jaxpr = lambda spec: str(jax.make_jaxpr(
+      lambda v: _model("vgg11_bn", None, spec).apply(v, IMAGES, train=False))(shapes))
+  assert jaxpr("wa(stages='all')") == jaxpr("wa")
 
 
-@pytest.mark.parametrize("arch, attention", [
+@pytest.mark.parametrize("arch, spec", [
     ("resnet18", "se"), ("resnet18", "cbam"), ("resnet18", "eca"), ("resnet18", "gc"),
     ("vgg11_bn", "se"), ("mobilenetv2", "eca"),
 ])
-def test_forward_comparison_attention(arch, attention):
+def test_forward_comparison_attention(arch, spec):
   block = "basic" if arch.startswith("resnet") else None
-  variables = _random_variables(_shapes(arch, block, attention))
-  num_classes = 10 if attention in ("se", "eca") else 100
-  _run(_model(arch, block, attention, num_classes), _with_classes(variables, num_classes),
+  variables = _random_variables(_shapes(arch, block, spec))
+  num_classes = 10 if spec in ("se", "eca") else 100
+  _run(_model(arch, block, spec, num_classes), _with_classes(variables, num_classes),
        num_classes, expect_wa=set(), jit=arch == "mobilenetv2")
 
 
@@ -258,7 +337,7 @@ def _conv_nhwc(x, kernel):
 def test_wa_basic_block_wiring():
   """WA block: conv1 (stride 1) sees `out`, the stride-1 1x1 shortcut sees `ll`."""
   x = np.random.default_rng(0).normal(size=(2, 8, 8, 4)).astype(np.float32)
-  block = resnet.BasicBlock(6, strides=2, wavelet_downsample=True, wavelet="db2")
+  block = resnet.BasicBlock(6, strides=2, attention=AttentionSpec.parse("wa(wavelet='db2')"))
   variables = _random_variables(jax.eval_shape(lambda: block.init(KEY, x, train=False)))
   y, state = block.apply(variables, x, train=False, capture_intermediates=True,
                          mutable=["intermediates"])
@@ -279,7 +358,7 @@ def test_wa_mobilenet_block_uses_stride_one_depthwise_after_wa():
   params = _shapes("mobilenetv2", None, "wa")["params"]["stage3_block0"]
   assert params["depthwise_conv"]["kernel"].shape == (3, 3, 1, 144)
   assert "shortcut_conv" not in params
-  block = models.mobilenet_v2.InvertedResidual(32, 6, 2, wavelet_downsample=True)
+  block = models.mobilenet_v2.InvertedResidual(32, 6, 2, attention=WA)
   x = jnp.ones((1, 8, 8, 24))
   shapes = jax.eval_shape(lambda: block.init(KEY, x, train=False))
   out = jax.eval_shape(lambda v: block.apply(v, x, train=False), shapes)
@@ -317,7 +396,7 @@ def _tiny_resnet(**kwargs):
 
 def test_real_init_and_forward():
   """Real initialisation (its distributions: tests/test_init.py) and a forward pass."""
-  model = _tiny_resnet(wavelet_stages=(2,))
+  model = _tiny_resnet(attention=WA)
   variables = jax.jit(lambda k: model.init({"params": k}, IMAGES, train=False))(FAST_KEY)
   # 464 + 4,672 + 14,528 + 57,728 + 650 (docs/parameter_counts.md, n = 1)
   assert _count(variables["params"]) == 78042
@@ -332,7 +411,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
       lambda: model.init({"params": KEY, "dropout": KEY}, IMAGES, train=False))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes))
   # The same code paths on one block per stage, jitted (bf16 ops are all new to compile).
-  tiny = _tiny_resnet(wavelet_stages=(2,), dtype=jnp.bfloat16)
+  tiny = _tiny_resnet(attention=WA, dtype=jnp.bfloat16)
   variables = _random_variables(jax.eval_shape(
       lambda: tiny.init({"params": KEY}, IMAGES, train=False)))
 
@@ -353,13 +432,14 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 
 def test_batch_norm_axis_name_reaches_every_batch_norm():
   """Two 'devices' of one image under vmap(axis_name) == one batch of two images."""
-  shapes = jax.eval_shape(lambda: _tiny_resnet(attention="cbam", attention_param=4).init(
+  cbam = AttentionSpec.parse("cbam(reduction=4)")
+  shapes = jax.eval_shape(lambda: _tiny_resnet(attention=cbam).init(
       {"params": KEY}, IMAGES, train=False))
   variables = _random_variables(shapes, seed=1)
   whole, whole_stats = jax.jit(
-      lambda v, x: _tiny_resnet(attention="cbam", attention_param=4).apply(
+      lambda v, x: _tiny_resnet(attention=cbam).apply(
           v, x, train=True, mutable=["batch_stats"]))(variables, IMAGES)
-  model = _tiny_resnet(attention="cbam", attention_param=4, axis_name="devices")
+  model = _tiny_resnet(attention=cbam, axis_name="devices")
   split, split_stats = jax.jit(jax.vmap(
       lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]),
       in_axes=(None, 0), axis_name="devices"))(variables, IMAGES[:, None])
@@ -398,16 +478,27 @@ def test_batch_norm_momentum_and_epsilon():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(arch="resnet20"), r"unknown arch 'resnet20'.*resnet18.*vgg16_bn.*mobilenetv2"),
     (dict(arch="resnet18", attention="sa"),
-     r"unknown attention 'sa'.*none, se, cbam, eca, gc, wa"),
+     r"unknown attention 'sa'; choose one of: none, se, cbam, eca, gc, wa \(alias wad\)\.$"),
     (dict(arch="resnet50", block="preact"), r"unknown block 'preact'.*basic, bottleneck"),
-    (dict(arch="resnet18", wa_stages="some"), r"unknown wa_stages 'some'.*reference, all"),
+    (dict(arch="resnet18", attention="wa(stages='some')"),
+     r"wa option stages='some' is invalid.*'reference', 'all'"),
     (dict(arch="resnet18", block="bottleneck"),
      r"resnet18 has no bottleneck.*resnet50, resnet110, resnet164"),
-    (dict(arch="vgg16_bn", block="basic"), r"ResNets only.*block=None"),
-    (dict(arch="mobilenetv2", block="bottleneck"), r"ResNets only"),
-    (dict(arch="resnet18", attention="wa", attention_param="morl"), r"continuous"),
-    (dict(arch="resnet18", attention="se", attention_param="haar"), r"positive integer"),
-    (dict(arch="resnet18", attention="eca", attention_param=0), r"positive integer"),
+    (dict(arch="vgg16_bn", block="basic"),
+     r"block='basic' applies to resnet18, resnet34, .*, resnet164 only, not vgg16_bn; "
+     r"leave block=None"),
+    (dict(arch="mobilenetv2", block="bottleneck"), r"applies to resnet18, .* only"),
+    (dict(arch="resnet18", blok="basic"), r"unknown model option blok='basic'; .* block"),
+    (dict(arch="resnet18", attention="wa(wavelet='morl')"), r"wavelet='morl'.*continuous"),
+    (dict(arch="resnet18", attention="se(reduction='haar')"), r"positive integer"),
+    (dict(arch="resnet18", attention="eca(kernel_size=0)"), r"positive integer"),
+    (dict(arch="resnet18", attention="se(kernel_size=3)"),
+     r"^se has no option 'kernel_size'; its options: reduction \(default 4\)\.$"),
+    (dict(arch="resnet18", attention="se(8)"), r"options go by name"),
+    (dict(arch="resnet18", attention="wa(wavelet=db2)"), r"wavelet must be a literal"),
+    (dict(arch="resnet18", attention="se(reduction=8"), r"cannot read attention"),
+    (dict(arch="resnet18", attention="__import__('os').getcwd()"), r"cannot read attention"),
+    (dict(arch="resnet18", attention=None), r"must be a spec string"),
 ])
 def test_bad_names(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -415,12 +506,64 @@ def test_bad_names(kwargs, match):
 
 
 def test_registry_names():
-  assert models.ARCHS == ("resnet18", "resnet34", "resnet50", "resnet110", "resnet164",
-                          "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "mobilenetv2")
-  assert models.ATTENTIONS == ATTENTIONS
-  assert models.BLOCKS == ("basic", "bottleneck") and models.WA_STAGES == ("reference", "all")
+  assert registry.arch_names() == (
+      "resnet18", "resnet34", "resnet50", "resnet110", "resnet164",
+      "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "mobilenetv2")
+  assert attention.attention_names() == ATTENTIONS
+  assert tuple(resnet.BLOCKS) == ("basic", "bottleneck")
+  assert attention.WA_STAGES == ("reference", "all")
   model = _model("resnet50", "bottleneck")
   assert model.block_cls is resnet.Bottleneck and tuple(model.stage_sizes) == (6, 6, 6)
-  model = _model("resnet50", "basic", "wa", attention_param="db2")
+  model = _model("resnet50", "basic", "wa(wavelet='db2')")
   assert model.block_cls is resnet.BasicBlock and tuple(model.stage_sizes) == (9, 9, 9)
-  assert model.wavelet == "db2" and tuple(model.wavelet_stages) == (2,)
+  assert model.attention == AttentionSpec("wa", {"wavelet": "db2", "stages": "reference"})
+
+
+# --------------------------------------------------------------------------- registration
+
+
+def test_a_registered_attention_module_sits_in_every_block(monkeypatch):
+  """One class and its registration: create_model builds it by name, with its options."""
+  monkeypatch.setattr(attention, "_KINDS", dict(attention._KINDS))
+  monkeypatch.setattr(attention, "_NAMES", dict(attention._NAMES))
+
+  @attention.register_attention("gain", options=[
+      attention.Option("init", attention.positive_integer)])
+  class Gain(attention.AttentionModule):  # pylint: disable=unused-variable
+    init: int = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+      del train
+      gain = self.param("gain", nn.initializers.constant(self.init), (x.shape[-1],))
+      return x * gain.astype(x.dtype)
+
+  assert attention.attention_names() == ATTENTIONS + ("gain",)
+  model = models.create_model("resnet18", num_classes=10, attention="gain(init=3)")
+  variables = jax.eval_shape(lambda: model.init({"params": KEY}, IMAGES, train=False))
+  assert _count(variables["params"]) == PARAMS_10[("resnet18", "basic", "none")] + 3 * (
+      16 + 32 + 64)
+  assert variables["params"]["stage3_block2"]["attention"]["gain"].shape == (64,)
+  with pytest.raises(ValueError, match=r"^gain has no option 'reduction'; its options: "
+                     r"init \(default 1\)\.$"):
+    AttentionSpec.parse("gain(reduction=2)")
+  with pytest.raises(ValueError, match="'gain' is already registered"):
+    attention.register_attention("gain")(Gain)
+
+
+def test_a_registered_backbone_is_created_by_name(monkeypatch):
+  monkeypatch.setattr(registry, "_BACKBONES", dict(registry._BACKBONES))
+
+  @registry.register_backbone("resnet_tiny")
+  def build(arch, **fields):
+    del arch
+    return resnet.CifarResNet((1, 1, 1), resnet.BasicBlock, **fields)
+
+  assert registry.arch_names()[-1] == "resnet_tiny"
+  assert models.create_model("resnet_tiny", num_classes=10, attention="wa") == _tiny_resnet(
+      attention=WA)
+  with pytest.raises(ValueError, match=r"block='basic' applies to resnet18, .*, resnet164 "
+                     r"only, not resnet_tiny"):
+    models.create_model("resnet_tiny", num_classes=10, block="basic")
+  with pytest.raises(ValueError, match="'resnet_tiny' is already registered"):
+    registry.register_backbone("resnet_tiny")(build)

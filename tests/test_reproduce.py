@@ -84,3 +84,15 @@ def test_welch_interval_matches_scipy():
   np.testing.assert_allclose([diff, low, high], [a.mean() - b.mean(), want.low, want.high],
                              rtol=1e-10)
   assert reproduce.welch_interval([0.9], b)[1:] == (None, None)
+
+
+def test_attentions_are_specs_checked_before_any_run(subprocess_env, tmp_path):
+  assert reproduce.split_attentions("none, wa,wa(wavelet='db2', stages='all')") == [
+      "none", "wa", "wa(wavelet='db2', stages='all')"]
+  assert reproduce.Cell("resnet18", "wa(wavelet='db2', stages='all')").name == (
+      "resnet18-wa(wavelet=db2,stages=all)")
+  result = _cli(subprocess_env, "--attentions", "none,se(kernel_size=3)", "--data",
+                str(tmp_path), "--results", str(tmp_path / "results"))
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert "--attentions: se has no option 'kernel_size'" in result.stderr
+  assert not os.path.exists(tmp_path / "results")

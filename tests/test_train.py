@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
@@ -170,6 +171,35 @@ def test_checkpoint_of_another_model_is_refused(smoke_wa_run, cifar10_mini, tmp_
   config = smoke_config(cifar10_mini, **{"model.attention": "none"})
   with pytest.raises(checkpointing.CheckpointError, match="another model.*model.attention"):
     train.train_and_evaluate(config, run.workdir)
+
+
+@pytest.mark.parametrize("spelling, canonical", [
+    ("wa", "wa"), ("wad", "wa"), ("wa(wavelet='haar', stages='reference')", "wa"),
+    ("wad(stages='all')", "wa(stages='all')"), ("se( reduction = 8 )", "se(reduction=8)"),
+])
+def test_checkpoint_identity_records_the_canonical_attention_spec(spelling, canonical):
+  """Spellings of one model restore each other's checkpoints; other models are refused."""
+  config = cifar.get_config("smoke")
+  config.model.attention = spelling
+  dataset = types.SimpleNamespace(num_classes=10, class_names=[str(k) for k in range(10)],
+                                  image_shape=(32, 32, 3))
+  identity = train.checkpoint_identity(config, dataset)
+  assert identity["model.attention"] == canonical
+  assert {k for k in identity if k.startswith("model.")} == {
+      "model.arch", "model.attention", "model.block"}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("attention", "se(kernel_size=3)", "se has no option 'kernel_size'"),
+    ("attention", "cbam(reduction=0)", "cbam option reduction=0 is invalid"),
+    ("arch", "resnet19", "unknown arch 'resnet19'"),
+    ("block", "bottleneck", "resnet18 has no bottleneck version"),
+])
+def test_validate_config_checks_the_model_section(field, value, message):
+  config = cifar.get_config("smoke")
+  config.model[field] = value
+  with pytest.raises(ValueError, match=message):
+    train.validate_config(config)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])

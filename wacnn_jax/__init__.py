@@ -2,8 +2,9 @@
 
 Models: `wavelets` (the 2-D DWT/IDWT with pywt's filters: a strided
 depthwise convolution, or for two-tap wavelets such as haar an equal
-space-to-depth and 4x4 mix), `attention` (Wavelet Attention and the
-SE/CBAM/ECA/GC comparison modules), `models` (the backbones, looked up by name).
+space-to-depth and 4x4 mix), `layers` (PyTorch-equivalent conv/BatchNorm/Dense),
+`attention` (Wavelet Attention, the SE/CBAM/ECA/GC comparison modules and
+`AttentionSpec`), `models` (`create_model`: the backbones, looked up by name).
 Training: `input_pipeline`, `parallel`, `steps`, `epochs`, `train`, `metrics`,
 `checkpointing`. After training: `restore`, `evaluate`, `report`,
 `visualize`, `reproduce`. The command line: `cli` (`python -m wacnn_jax`).

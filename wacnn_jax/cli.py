@@ -28,6 +28,7 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from wacnn_jax import attention
 from wacnn_jax import checkpointing
 from wacnn_jax import epochs
 from wacnn_jax import evaluate
@@ -276,8 +277,9 @@ def _define_reproduce(fv: flags.FlagValues, argv: list[str]) -> None:
                     flag_values=fv)
   flags.DEFINE_list("archs", ["resnet18", "mobilenetv2", "vgg16_bn"], "Backbones.",
                     flag_values=fv)
-  flags.DEFINE_list("attentions", ["none", "wa"], "Attention specs (see README).",
-                    flag_values=fv)
+  flags.DEFINE_string("attentions", "none,wa",
+                      "Comma-separated attention specs, e.g. none,wa,se(reduction=8).",
+                      flag_values=fv)
   flags.DEFINE_integer("seeds", 4, "Seeds per cell.", lower_bound=1, flag_values=fv)
   flags.DEFINE_string("results", "results", "Results folder.", flag_values=fv)
   flags.DEFINE_float("budget", None, "Wall-clock seconds.", flag_values=fv)
@@ -294,8 +296,13 @@ def _run_reproduce(fv: flags.FlagValues, args: list[str]) -> int:
   if fv.data != "tfds" and not os.path.exists(fv.data):
     _exit_with_usage_error(f"--data {fv.data!r} does not exist; give an image folder, an "
                            "archive of one, or 'tfds'.")
+  try:
+    attentions = [str(attention.AttentionSpec.parse(spec))
+                  for spec in reproduce.split_attentions(fv.attentions)]
+  except ValueError as e:
+    _exit_with_usage_error(f"--attentions: {e}")
   return _print_error(lambda: reproduce.run_grid(
-      fv.table, fv.archs, fv.attentions, fv.seeds, fv.data, fv.results, fv.budget, fv.set,
+      fv.table, fv.archs, attentions, fv.seeds, fv.data, fv.results, fv.budget, fv.set,
       fv.min_run_seconds, fv.keep_checkpoints_mb))
 
 

@@ -62,9 +62,8 @@ class Run:
 
   @property
   def attention(self) -> str:
-    model = self.config["model"]
-    param = model.get("attention_param")
-    return model["attention"] + (f" ({param})" if param not in (None, "") else "")
+    """The attention spec as the run's config has it, e.g. "wa" or "se(reduction=8)"."""
+    return self.config["model"]["attention"]
 
   @property
   def dataset(self) -> str:

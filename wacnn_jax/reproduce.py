@@ -6,7 +6,10 @@
 
 Every run is `run_train.py` with `configs/default.py` (the reference recipe),
 `model.arch`, `model.attention`, `data.dataset` = `--table` and `seed`, in
-`RESULTS/<table>/<arch>-<attention>/seed<k>/`. `--data` is an image folder or
+`RESULTS/<table>/<arch>-<attention>/seed<k>/`. `--attentions` lists attention
+specs, e.g. `none,wa,se(reduction=8),wa(wavelet='db2')` (see
+`wacnn_jax.attention`); each is checked and written in its canonical form,
+without quotes and spaces in folder names. `--data` is an image folder or
 archive (read without TensorFlow) or `tfds` (tensorflow-datasets downloads
 and prepares `--table`, e.g. cifar100). `--set key=value` adds
 `--config.key=value` to every run (for short runs).
@@ -41,6 +44,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_TRAIN = os.path.join(REPO_ROOT, "run_train.py")
 DEFAULT_CONFIG = os.path.join(REPO_ROOT, "configs", "default.py")
@@ -55,11 +59,13 @@ class Cell:
   """One (arch, attention) configuration of the grid."""
 
   arch: str
-  attention: str
+  attention: str  # a canonical attention spec string
 
   @property
   def name(self) -> str:
-    return f"{self.arch}-{self.attention}"
+    """The cell's folder name, e.g. "resnet18-wa(wavelet=db2,stages=all)"."""
+    spec = self.attention.replace("'", "").replace('"', "").replace(" ", "")
+    return f"{self.arch}-{spec}"
 
 
 @dataclasses.dataclass
@@ -105,6 +111,17 @@ def read_run(workdir: str) -> SeedRun:
       train_seconds=sum(r["epoch_seconds"] - r.get("compile_seconds", 0.0) for r in records),
       params=summary.get("params"), flops=summary.get("flops_per_image"),
       devices=tuple(sorted({i["device"] for i in invocations})))
+
+
+def split_attentions(text: str) -> list[str]:
+  """The comma-separated specs of `text`; commas inside parentheses belong to a spec."""
+  specs, depth, start = [], 0, 0
+  for i, char in enumerate(text):
+    depth += {"(": 1, ")": -1}.get(char, 0)
+    if char == "," and depth == 0:
+      specs.append(text[start:i])
+      start = i + 1
+  return [spec.strip() for spec in specs + [text[start:]]]
 
 
 def run_command(cell: Cell, seed: int, table: str, data: str, workdir: str,

@@ -51,6 +51,7 @@ from wacnn_jax import models
 from wacnn_jax import parallel
 from wacnn_jax import steps
 from wacnn_jax import workdirs
+from wacnn_jax.attention import AttentionSpec
 
 
 # ---------------------------------------------------------------------------
@@ -70,10 +71,12 @@ NUMERIC_FIELD_MINIMUM = {
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the numeric fields (`NUMERIC_FIELD_MINIMUM`, `schedule.boundaries`) before any work.
+  """Checks the numeric fields (`NUMERIC_FIELD_MINIMUM`, `schedule.boundaries`) and the
+  model section (arch, attention spec, block) before any work.
 
   Raises ValueError naming the first bad field, e.g.
-  "checkpoint_every_epochs=0 is out of range: it must be a finite number >= 1".
+  "checkpoint_every_epochs=0 is out of range: it must be a finite number >= 1" or
+  "se has no option 'kernel_size'; its options: reduction (default 4)."
   """
   def check(field, value, least):
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
@@ -88,19 +91,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(field, value, least)
   for boundary in config.schedule.boundaries:
     check("schedule.boundaries", boundary, 0)
+  create_model(config, num_classes=1)
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int,
                  axis_name: str | None = parallel.AXIS_NAME):
-  model_config = config.model
+  """`config.model`'s network (`models.create_model`); bfloat16 compute with `half_precision`."""
   return models.create_model(
-      model_config.arch,
-      num_classes=num_classes,
-      attention=model_config.attention,
-      attention_param=model_config.attention_param,
-      block=model_config.block,
-      wa_stages=model_config.wa_stages,
-      dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
+      config.model.arch, num_classes=num_classes, attention=config.model.attention,
+      block=config.model.block, dtype=jnp.bfloat16 if config.half_precision else jnp.float32,
       axis_name=axis_name)
 
 
@@ -187,9 +186,10 @@ def create_train_states(config, model, image_shape, learning_rate_fn) -> steps.T
 
 
 def checkpoint_identity(config, dataset: input_pipeline.Dataset) -> dict:
-  """What must match between a checkpoint and any config restoring it: the model, its classes,
-  the number of replicas."""
+  """What must match between a checkpoint and any config restoring it: the model (its
+  attention as the canonical spec string), its classes, the number of replicas."""
   identity = {f"model.{k}": v for k, v in config.model.to_dict().items()}
+  identity["model.attention"] = str(AttentionSpec.parse(config.model.attention))
   identity["num_seeds"] = config.num_seeds
   identity["num_classes"] = dataset.num_classes
   identity["class_names"] = list(dataset.class_names)
@@ -330,7 +330,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   parallel.initialize_distributed(config)
   topology = parallel.Topology.current(devices)
   topology.per_device_batch(config.batch_size)
-  create_model(config, num_classes=1)  # unknown arch/attention/...: fail before loading data
   workdirs.prepare(workdir)
   primary = topology.process_index == 0
   with contextlib.ExitStack() as cleanup:

@@ -322,7 +322,6 @@ def wa_twin_layers(config, dataset: input_pipeline.Dataset) -> list[str]:
   """Paths of the layers after the WA blocks in the WA version of `config`'s network."""
   twin = ml_collections.ConfigDict(config.to_dict())
   twin.model.attention = "wa"
-  twin.model.attention_param = None
   model = train.create_model(twin, dataset.num_classes, axis_name=None)
   variables = jax.eval_shape(lambda: train.initial_variables(
       model, dataset.image_shape, jax.random.PRNGKey(0)))

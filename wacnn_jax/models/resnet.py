@@ -6,10 +6,13 @@ Bottleneck), the first block of stages 2 and 3 downsampling by 2; global
 average pool; Dense. Convolutions have no bias; shortcuts are identity or
 conv1x1(stride) + BN when the stride or channel count changes (option B).
 
-SE/CBAM/ECA/GC sit after each block's last BN, before the addition. WA
-(`wavelet_downsample`) replaces a block's stride: `out, ll = WA(x)`, the
+In-block attention (SE/CBAM/ECA/GC) sits after each block's last BN, before
+the addition. WA replaces a stride-2 block's stride: `out, ll = WA(x)`, the
 block's strided convolution runs at stride 1 on `out` and the shortcut is
-conv1x1 stride 1 + BN on `ll`; the parameter count does not change.
+conv1x1 stride 1 + BN on `ll`; the parameter count does not change. Where:
+with `stages='reference'` as the paper's code, BasicBlock only in the first
+(downsampling) block of stage 2, Bottleneck in every stride-2 block; with
+`stages='all'` every stride-2 block (stage 3's too for BasicBlock).
 
 Init as the reference, which leaves every layer at PyTorch's default: conv
 kernels U(+-1/sqrt(fan_in)) (fan_in = Cin * k * k), classifier kernel and bias
@@ -24,8 +27,9 @@ from typing import Any, ClassVar, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wacnn_jax.attention import BatchNorm, WaveletAttention
-from wacnn_jax.models import layers
+from wacnn_jax import layers
+from wacnn_jax.attention import NO_ATTENTION, AttentionSpec
+from wacnn_jax.models import registry
 
 BASIC_DEPTHS = {"resnet18": (3, 3, 3), "resnet34": (5, 5, 5), "resnet50": (9, 9, 9),
                 "resnet110": (18, 18, 18), "resnet164": (27, 27, 27)}
@@ -34,34 +38,29 @@ BOTTLENECK_DEPTHS = {"resnet50": (6, 6, 6), "resnet110": (12, 12, 12),
 STAGE_WIDTHS = (16, 32, 64)
 
 
-class _Block(nn.Module):
+class _Block(registry.BackboneModule):
   """Fields shared by BasicBlock and Bottleneck (their shared entry, WA, is `_enter`;
-  their shared exit, attention + shortcut + ReLU, is `_residual`; BatchNorm `_bn`)."""
+  their shared exit, attention + shortcut + ReLU, is `_residual`; BatchNorm `_bn`).
+
+  A stride-2 block whose attention replaces downsampling (WA) downsamples with it.
+  """
 
   features: int
   strides: int = 1
-  wavelet_downsample: bool = False
-  wavelet: str = "haar"
-  attention: str | None = None
-  attention_param: Any = None
-  dtype: Any = jnp.float32
-  axis_name: str | None = None
 
   expansion: ClassVar[int] = 1
 
 
-def _bn(block: _Block, train: bool, name: str) -> BatchNorm:
+def _bn(block: _Block, train: bool, name: str) -> layers.BatchNorm:
   """The block's BatchNorm `name` (a function, not a method: model.tabulate records a
   method's return value, and a module is not an array)."""
   return layers.batch_norm(train, dtype=block.dtype, axis_name=block.axis_name, name=name)
 
 
-def _enter(block: _Block, x):
+def _enter(block: _Block, x, train: bool):
   """-> (main-path input, shortcut input, stride of the main path)."""
-  if block.wavelet_downsample:
-    if block.strides != 2:
-      raise ValueError("wavelet_downsample needs a stride-2 block.")
-    out, ll = WaveletAttention(block.wavelet, name="wavelet_attention")(x)
+  if block.strides == 2 and block.attention.replaces_downsampling:
+    out, ll = block.attention.module(name="wavelet_attention", dtype=block.dtype)(x, train)
     return out, ll, 1
   return x, x, block.strides
 
@@ -76,7 +75,7 @@ class BasicBlock(_Block):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x, shortcut, strides = _enter(self, x)
+    x, shortcut, strides = _enter(self, x, train)
     y = layers.conv(self.features, 3, strides=strides, dtype=self.dtype, name="conv1")(x)
     y = nn.relu(_bn(self, train, "bn1")(y))
     y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
@@ -96,7 +95,7 @@ class Bottleneck(_Block):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x, shortcut, strides = _enter(self, x)
+    x, shortcut, strides = _enter(self, x, train)
     y = layers.conv(self.features, 1, dtype=self.dtype, name="conv1")(x)
     y = nn.relu(_bn(self, train, "bn1")(y))
     y = layers.conv(self.features, 3, strides=strides, dtype=self.dtype, name="conv2")(y)
@@ -108,33 +107,24 @@ class Bottleneck(_Block):
 
 def _residual(block: _Block, y, shortcut, strides: int, train: bool):
   """[attention] -> + shortcut (identity, or conv1x1(strides) + BN) -> ReLU."""
-  y = layers.comparison_attention(block.attention, block.attention_param, y, train,
-                                  dtype=block.dtype, axis_name=block.axis_name,
-                                  name="attention")
-  if strides != 1 or shortcut.shape[-1] != y.shape[-1] or block.wavelet_downsample:
+  if block.attention.in_blocks:
+    y = block.attention.module(name="attention", dtype=block.dtype,
+                               axis_name=block.axis_name)(y, train)
+  if block.strides != 1 or shortcut.shape[-1] != y.shape[-1]:
     shortcut = layers.conv(y.shape[-1], 1, strides=strides, dtype=block.dtype,
                            name="shortcut_conv")(shortcut)
     shortcut = _bn(block, train, "shortcut_bn")(shortcut)
   return nn.relu(y + shortcut)
 
 
-class CifarResNet(nn.Module):
-  """Stem, three stages of `stage_sizes` blocks, global average pool, Dense.
+class CifarResNet(registry.Network):
+  """Stem, three stages of `stage_sizes` blocks of `block_cls`, global average pool, Dense.
 
-  (N, 32, 32, 3) -> float32 logits (N, num_classes). `wavelet_stages`: the
-  stages (2 and/or 3) whose first, downsampling block uses WA instead of a
-  strided convolution.
+  (N, 32, 32, 3) -> float32 logits (N, num_classes).
   """
 
   stage_sizes: Sequence[int]
   block_cls: Any
-  num_classes: int
-  wavelet_stages: Sequence[int] = ()
-  wavelet: str = "haar"
-  attention: str | None = None
-  attention_param: Any = None
-  dtype: Any = jnp.float32
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -145,13 +135,36 @@ class CifarResNet(nn.Module):
     x = nn.relu(x)
     for stage, (size, width) in enumerate(zip(self.stage_sizes, STAGE_WIDTHS), start=1):
       for index in range(size):
-        strides = 2 if stage > 1 and index == 0 else 1
         x = self.block_cls(
-            width, strides=strides,
-            wavelet_downsample=strides == 2 and stage in self.wavelet_stages,
-            wavelet=self.wavelet, attention=self.attention,
-            attention_param=self.attention_param, dtype=self.dtype,
+            width, strides=2 if stage > 1 and index == 0 else 1,
+            attention=_stage_attention(self, stage), dtype=self.dtype,
             axis_name=self.axis_name, name=f"stage{stage}_block{index}")(x, train)
     x = layers.global_average_pool(x)
     x = layers.linear(self.num_classes, x, dtype=self.dtype, name="classifier")
     return x.astype(jnp.float32)
+
+
+def _stage_attention(net: CifarResNet, stage: int) -> AttentionSpec:
+  """The attention of `stage`'s blocks: none in stage 3 of a BasicBlock ResNet with
+  WA at the reference's stages (that stage keeps its strided convolution)."""
+  spec = net.attention
+  if (spec.replaces_downsampling and spec.options["stages"] == "reference"
+      and net.block_cls is BasicBlock and stage == 3):
+    return NO_ATTENTION
+  return spec
+
+
+BLOCKS = {"basic": (BasicBlock, BASIC_DEPTHS), "bottleneck": (Bottleneck, BOTTLENECK_DEPTHS)}
+
+
+@registry.register_backbone(*BASIC_DEPTHS, options=("block",))
+def build(arch: str, *, block: str | None = None, **fields) -> CifarResNet:
+  """`arch` of `block` 'basic' (None) or 'bottleneck' (resnet50/110/164 only)."""
+  block = "basic" if block is None else block
+  if block not in BLOCKS:
+    raise ValueError(f"unknown block {block!r}; choose one of: {', '.join(BLOCKS)}.")
+  block_cls, depths = BLOCKS[block]
+  if arch not in depths:
+    raise ValueError(f"{arch} has no {block} version; {block} ResNets: "
+                     f"{', '.join(depths)}.")
+  return CifarResNet(depths[arch], block_cls, **fields)

@@ -1,11 +1,12 @@
 """VGG with BatchNorm for CIFAR (vgg11_bn/13/16/19), with attention slots.
 
 (N, 32, 32, 3) NHWC -> float32 logits (N, num_classes). Each number in the
-config is conv3x3 (with bias) -> BN -> [SE/CBAM/ECA/GC] -> ReLU; 'M' is a
-2x2 max-pool, or, with `wavelet_pooling`, the WA block (its `out`; all five
-pools are replaced). After five halvings the features are (N, 1, 1, 512);
-classifier Dense 512->4096 -> ReLU -> Dropout(0.5) -> Dense 4096->4096 ->
-ReLU -> Dropout(0.5) -> Dense 4096->classes.
+config is conv3x3 (with bias) -> BN -> [in-block attention: SE/CBAM/ECA/GC]
+-> ReLU; 'M' is a 2x2 max-pool, or, with WA, the WA block (its `out`; all five
+pools are replaced, for `stages` 'reference' and 'all' alike). After five
+halvings the features are (N, 1, 1, 512); classifier Dense 512->4096 ->
+ReLU -> Dropout(0.5) -> Dense 4096->4096 -> ReLU -> Dropout(0.5) -> Dense
+4096->classes.
 
 Init as the reference's `_initialize_weights`, which visits every layer of the
 network, the attention modules' included: Conv2d kernels kaiming-normal
@@ -24,8 +25,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wacnn_jax.attention import WaveletAttention
-from wacnn_jax.models import layers
+from wacnn_jax import layers
+from wacnn_jax.models import registry
 
 CONFIGS = {
     "vgg11_bn": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -42,17 +43,10 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 linear_init = nn.initializers.normal(0.01)
 
 
-class VGG(nn.Module):
-  """VGG-bn: (N, 32, 32, 3) -> float32 logits (N, num_classes)."""
+class VGG(registry.Network):
+  """VGG-bn of `layout` (a CONFIGS value): (N, 32, 32, 3) -> float32 logits (N, num_classes)."""
 
   layout: Sequence[Any]
-  num_classes: int
-  wavelet_pooling: bool = False
-  wavelet: str = "haar"
-  attention: str | None = None
-  attention_param: Any = None
-  dtype: Any = jnp.float32
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -60,8 +54,9 @@ class VGG(nn.Module):
     conv_index = pool_index = 0
     for item in self.layout:
       if item == "M":
-        if self.wavelet_pooling:
-          x, _ = WaveletAttention(self.wavelet, name=f"wavelet_attention{pool_index}")(x)
+        if self.attention.replaces_downsampling:
+          x, _ = self.attention.module(name=f"wavelet_attention{pool_index}",
+                                       dtype=self.dtype)(x, train)
         else:
           x = nn.max_pool(x, (2, 2), strides=(2, 2))
         pool_index += 1
@@ -70,10 +65,10 @@ class VGG(nn.Module):
                       name=f"conv{conv_index}")(x)
       x = layers.batch_norm(train, dtype=self.dtype, axis_name=self.axis_name,
                             name=f"bn{conv_index}")(x)
-      x = layers.comparison_attention(self.attention, self.attention_param, x, train,
-                                      dtype=self.dtype, axis_name=self.axis_name,
-                                      name=f"attention{conv_index}",
-                                      linear_init=linear_init, conv_init=conv_init)
+      if self.attention.in_blocks:
+        x = self.attention.module(name=f"attention{conv_index}", dtype=self.dtype,
+                                  axis_name=self.axis_name, linear_init=linear_init,
+                                  conv_init=conv_init)(x, train)
       x = nn.relu(x)
       conv_index += 1
     x = x.reshape(x.shape[0], -1)
@@ -83,3 +78,8 @@ class VGG(nn.Module):
     x = layers.linear(self.num_classes, x, kernel_init=linear_init, dtype=self.dtype,
                       name="classifier")
     return x.astype(jnp.float32)
+
+
+@registry.register_backbone(*CONFIGS)
+def build(arch: str, **fields) -> VGG:
+  return VGG(CONFIGS[arch], **fields)

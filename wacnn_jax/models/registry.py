@@ -1,0 +1,93 @@
+"""What every backbone shares: its modules' common fields, and its registration by name.
+
+A backbone is one file that defines its network (a `Network`) and registers
+a builder for each of its names:
+
+    @registry.register_backbone("mynet", options=("depth",))
+    def build(arch, *, depth=None, **fields) -> MyNet:
+      return MyNet(..., **fields)
+
+`fields` are the `Network` fields `num_classes`, `attention` (an
+`AttentionSpec`), `dtype` and `axis_name`; `options` names the keyword
+options the builder takes besides them (None = the builder's default).
+`wacnn_jax.models` imports the backbone files, so that they register, and
+looks names up here (`models.create_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from wacnn_jax.attention import NO_ATTENTION, AttentionSpec
+
+
+class BackboneModule(nn.Module):
+  """Fields shared by every network and block of the backbones (keyword-only).
+
+  `attention`: the attention and its options (in-block modules after the
+  blocks' last BatchNorm, or WA instead of downsampling, as each backbone
+  documents); `dtype`: compute dtype (parameters stay float32); `axis_name`:
+  the pmap axis over which BatchNorm averages batch statistics.
+  """
+
+  _: dataclasses.KW_ONLY
+  attention: AttentionSpec = NO_ATTENTION
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+
+class Network(BackboneModule):
+  """A whole backbone: NHWC images (N, H, W, 3) -> float32 logits (N, num_classes).
+
+  Called as `model.apply(variables, x, train=bool, ...)`.
+  """
+
+  _: dataclasses.KW_ONLY
+  num_classes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+  """A registered arch: `build(arch, num_classes=..., attention=..., dtype=...,
+  axis_name=..., **options)` -> Network, where `options` are among `options`."""
+
+  name: str
+  build: Callable[..., Network]
+  options: tuple[str, ...] = ()
+
+
+_BACKBONES: dict[str, Backbone] = {}  # by arch name, in registration order
+
+
+def register_backbone(*names: str, options: Sequence[str] = ()):
+  """Function decorator: registers a builder under each arch name of `names`."""
+
+  def register(build: Callable[..., Network]) -> Callable[..., Network]:
+    for name in names:
+      if name in _BACKBONES:
+        raise ValueError(f"arch {name!r} is already registered.")
+      _BACKBONES[name] = Backbone(name, build, tuple(options))
+    return build
+
+  return register
+
+
+def arch_names() -> tuple[str, ...]:
+  """The registered arch names, in registration order."""
+  return tuple(_BACKBONES)
+
+
+def backbone(arch: str) -> Backbone:
+  """The registered arch `arch`; ValueError naming the choices otherwise."""
+  if arch not in _BACKBONES:
+    raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(_BACKBONES)}.")
+  return _BACKBONES[arch]
+
+
+def archs_taking(option: str) -> tuple[str, ...]:
+  """The arch names whose builder takes the keyword option `option`."""
+  return tuple(name for name, entry in _BACKBONES.items() if option in entry.options)
