@@ -328,7 +328,7 @@ def read_tfds(name: str, *, data_dir: str | None, splits=("train", "test"),
   Downloads and prepares it (as array_record, so that later runs read it
   without TensorFlow) when it is not in `data_dir` yet and `download` is set.
   """
-  try:
+  try:  # optional: image folders are read without tensorflow-datasets
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise DatasetError(

@@ -135,6 +135,8 @@ def run_command(cell: Cell, seed: int, table: str, data: str, workdir: str,
 
 
 def _device_name() -> str:
+  # Imported here: the runs are child processes, and the rest of this module
+  # (tables, statistics) works without JAX.
   import jax  # pylint: disable=g-import-not-at-top
   device = jax.devices()[0]
   return f"{device.device_kind} x{jax.local_device_count()}"
