@@ -65,7 +65,7 @@ import numpy as np
 
 from configs import default  # pylint: disable=wrong-import-position
 from wacnn_jax import (  # pylint: disable=wrong-import-position
-    input_pipeline, parallel, reproduce, steps, train, wavelets)
+    input_pipeline, optim, parallel, reproduce, steps, train, wavelets)
 
 REFERENCE_EPOCHS = 160
 PHASES = ("train", "seeds", "peers", "dwt", "profile", "full_run", "levers", "rest")
@@ -181,7 +181,7 @@ def train_runners(arch, attention, half, batch, num_steps, replicas=1):
   n = max(batch * num_steps, 2 * batch)
   images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, (n,), dtype=np.int32)
-  lr_fn = train.create_learning_rate_fn(config, 1000)
+  lr_fn = optim.create_learning_rate_fn(config, 1000)
   model = train.create_model(config, 10)
   state = parallel.replicate_state(
       train.create_train_states(config, model, (32, 32, 3), lr_fn), topology)

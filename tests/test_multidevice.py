@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent(r"""
     import jax, numpy as np
     from flax import jax_utils
     from configs import cifar
-    from wacnn_jax import input_pipeline, parallel, steps, train
+    from wacnn_jax import input_pipeline, optim, parallel, steps, train
 
     assert jax.local_device_count() == 8, jax.devices()
     config = cifar.get_config("smoke")
@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(r"""
         topology = parallel.Topology.current(devices)
         per_device = topology.per_device_batch(global_batch)
         model = train.create_model(config, 10)
-        lr = train.create_learning_rate_fn(config, 4)
+        lr = optim.create_learning_rate_fn(config, 4)
         state = train.create_train_states(config, model, (32, 32, 3), lr)
         p_train = steps.make_train_fn(config, lr, topology)
         indices = np.broadcast_to(  # (devices, R, steps, b): the same batch for every replica

@@ -168,7 +168,7 @@ REFERENCE = textwrap.dedent(r"""
     import json, sys
     import jax, numpy as np
     from configs import cifar
-    from wacnn_jax import evaluate, input_pipeline, train
+    from wacnn_jax import evaluate, input_pipeline, optim, train
 
     assert len(jax.local_devices()) == 4
     settings, reference_dir, evaluated_dir, start_file = sys.argv[1:]
@@ -183,7 +183,7 @@ REFERENCE = textwrap.dedent(r"""
     dataset = input_pipeline.load_dataset(config.data)
     start = train.create_train_state(
         config, train.create_model(config, dataset.num_classes), dataset.image_shape,
-        train.create_learning_rate_fn(config, 1), jax.random.PRNGKey(config.seed))
+        optim.create_learning_rate_fn(config, 1), jax.random.PRNGKey(config.seed))
     np.savez(start_file, **{part + jax.tree_util.keystr(path): np.asarray(leaf)
                             for part in ("params", "batch_stats")
                             for path, leaf in jax.tree_util.tree_leaves_with_path(

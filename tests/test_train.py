@@ -16,6 +16,7 @@ from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
 from wacnn_jax import parallel
 from wacnn_jax import steps
+from wacnn_jax import optim
 from wacnn_jax import train
 
 
@@ -28,7 +29,7 @@ def test_sgd_matches_pytorch_formula():
   """torch.optim.SGD(lr, momentum, weight_decay), dampening 0, written out in numpy."""
   config = cifar.get_config("smoke")
   lr, momentum, wd = 0.1, config.optimizer.momentum, config.optimizer.weight_decay
-  tx = train.create_optimizer(config, lambda step: lr)
+  tx = optim.create_optimizer(config, lambda step: lr)
   rng = np.random.default_rng(0)
   params = {"w": rng.normal(size=(3, 4)).astype(np.float32),
             "b": rng.normal(size=(4,)).astype(np.float32)}
@@ -52,7 +53,7 @@ def test_step_schedule_follows_the_reference_epochs():
   config.schedule.boundaries = (81, 121)
   config.num_epochs = 160
   spe = 7
-  lr = train.create_learning_rate_fn(config, spe)
+  lr = optim.create_learning_rate_fn(config, spe)
   at_epoch = lambda e, offset=0: float(lr(jnp.asarray(e * spe + offset)))
   assert at_epoch(0) == pytest.approx(0.1)
   assert at_epoch(80, spe - 1) == pytest.approx(0.1)  # last step of epoch 80
@@ -61,7 +62,7 @@ def test_step_schedule_follows_the_reference_epochs():
   assert at_epoch(121) == pytest.approx(0.001)
   assert at_epoch(159) == pytest.approx(0.001)
   config.schedule.warmup_epochs = 1
-  lr = train.create_learning_rate_fn(config, spe)
+  lr = optim.create_learning_rate_fn(config, spe)
   assert float(lr(jnp.asarray(spe - 1))) == pytest.approx(0.01)
   assert float(lr(jnp.asarray(spe))) == pytest.approx(0.1)
 
@@ -70,13 +71,13 @@ def test_cosine_schedule():
   config = cifar.get_config("smoke")
   config.schedule.name = "cosine"
   config.num_epochs = 10
-  lr = train.create_learning_rate_fn(config, 4)
+  lr = optim.create_learning_rate_fn(config, 4)
   assert float(lr(0)) == pytest.approx(0.1)
   assert float(lr(20)) == pytest.approx(0.05, rel=1e-5)
   assert float(lr(40)) == pytest.approx(0.0, abs=1e-7)
   config.schedule.name = "linear"
   with pytest.raises(ValueError, match="step.*cosine"):
-    train.create_learning_rate_fn(config, 4)
+    optim.create_learning_rate_fn(config, 4)
 
 
 # ---------------------------------------------------------------------------

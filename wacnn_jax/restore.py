@@ -20,6 +20,7 @@ import ml_collections
 from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
 from wacnn_jax import steps
+from wacnn_jax import optim
 from wacnn_jax import train
 
 
@@ -55,7 +56,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def abstract_train_state(config, model, dataset: input_pipeline.Dataset):
   """The replicas' TrainState: structure, shapes (R, ...) and dtypes (nothing is computed)."""
   steps_per_epoch = max(1, len(dataset.train) // config.batch_size)
-  learning_rate_fn = train.create_learning_rate_fn(config, steps_per_epoch)
+  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
   return jax.eval_shape(lambda: train.create_train_states(
       config, model, dataset.image_shape, learning_rate_fn))
 

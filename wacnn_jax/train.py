@@ -1,4 +1,4 @@
-"""Training: the model, optimiser and schedule a config asks for, and the loop.
+"""Training: the model and initial states a config asks for, and the loop.
 
     state = train_and_evaluate(config, workdir)
 
@@ -34,20 +34,20 @@ import math
 import numbers
 import os
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from wacnn_jax import checkpointing
 from wacnn_jax import epochs
 from wacnn_jax import input_pipeline
 from wacnn_jax import metrics
 from wacnn_jax import models
+from wacnn_jax import optim
 from wacnn_jax import parallel
 from wacnn_jax import steps
 from wacnn_jax import workdirs
@@ -55,7 +55,7 @@ from wacnn_jax.attention import AttentionSpec
 
 
 # ---------------------------------------------------------------------------
-# Model, optimiser and schedule from the config.
+# Model and initial states from the config.
 # ---------------------------------------------------------------------------
 
 
@@ -103,49 +103,6 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
       axis_name=axis_name)
 
 
-def create_learning_rate_fn(config: ml_collections.ConfigDict,
-                            steps_per_epoch: int) -> Callable[[Any], Any]:
-  """LR as a function of the global step, following the epoch-based recipe.
-
-  `step`: base * decay ** (number of `boundaries` epochs passed).
-  `cosine`: cosine decay from base to 0 over the epochs after warm-up.
-  Warm-up: `warmup_learning_rate` for the first `warmup_epochs` epochs.
-  """
-  schedule = config.schedule
-  base = config.optimizer.learning_rate
-  if schedule.name not in ("step", "cosine"):
-    raise ValueError(
-        f"unknown schedule.name {schedule.name!r}; use 'step' or 'cosine'.")
-
-  def learning_rate_fn(step):
-    epoch = jnp.floor_divide(step, steps_per_epoch)
-    if schedule.name == "step":
-      passed = sum((epoch >= b).astype(jnp.int32) for b in schedule.boundaries)
-      lr = base * jnp.power(schedule.decay, passed)
-    else:
-      span = max(1, config.num_epochs - schedule.warmup_epochs)
-      progress = jnp.clip((step / steps_per_epoch - schedule.warmup_epochs) / span, 0, 1)
-      lr = base * 0.5 * (1 + jnp.cos(jnp.pi * progress))
-    if schedule.warmup_epochs:
-      lr = jnp.where(epoch < schedule.warmup_epochs,
-                     schedule.warmup_learning_rate, lr)
-    return jnp.asarray(lr, jnp.float32)
-
-  return learning_rate_fn
-
-
-def create_optimizer(config, learning_rate_fn) -> optax.GradientTransformation:
-  """SGD with momentum and PyTorch's coupled weight decay.
-
-  Per parameter: g <- g + wd * p; buf <- momentum * buf + g; p <- p - lr * buf
-  (torch.optim.SGD with dampening 0), for every parameter, BN and biases too.
-  """
-  opt = config.optimizer
-  return optax.chain(
-      optax.add_decayed_weights(opt.weight_decay),
-      optax.sgd(learning_rate_fn, momentum=opt.momentum, nesterov=opt.nesterov))
-
-
 def initial_variables(model, image_shape, rng):
   """Model variables {params, batch_stats} for NHWC images of shape `image_shape` (H, W, C)."""
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
@@ -162,7 +119,7 @@ def create_train_state(config, model, image_shape, learning_rate_fn,
       apply_fn=model.apply,
       params=variables["params"],
       batch_stats=variables.get("batch_stats", {}),
-      tx=create_optimizer(config, learning_rate_fn),
+      tx=optim.create_optimizer(config, learning_rate_fn),
       rng=state_key)
 
 
@@ -246,7 +203,7 @@ def create_runner(config, dataset: input_pipeline.Dataset, topology: parallel.To
     raise ValueError(
         f"batch_size={config.batch_size} is larger than the training set "
         f"({len(dataset.train)} examples); lower --config.batch_size.")
-  learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
+  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
   initial_state = functools.partial(create_train_states, config,
                                     create_model(config, dataset.num_classes),
                                     dataset.image_shape, learning_rate_fn)
