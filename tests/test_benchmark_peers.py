@@ -69,7 +69,8 @@ def test_wa_block_equals_the_jax_block(tp):
   """Both peers' WA (NCHW) against wacnn_jax.attention.WaveletAttention (NHWC), haar."""
   import torch
   x = np.random.default_rng(4).normal(size=(2, 16, 32, 32)).astype(np.float32)
-  want_out, want_ll = attention.WaveletAttention("haar").apply({}, x.transpose(0, 2, 3, 1))
+  want_out, want_ll = attention.WaveletAttention(wavelet="haar").apply(
+      {}, x.transpose(0, 2, 3, 1), False)
   for tuned in (False, True):
     out, ll = tp.WaveletAttention(16, "haar", tuned)(torch.from_numpy(x))
     np.testing.assert_allclose(out.numpy().transpose(0, 2, 3, 1), want_out, atol=1e-5)

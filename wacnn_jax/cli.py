@@ -218,8 +218,12 @@ def _define_evaluate(fv: flags.FlagValues, argv: list[str]) -> None:
   config_flags.DEFINE_config_file(
       "config", None, "Config file with get_config() (default: the run's config.json).",
       flag_values=fv, lock_config=True, sys_argv=argv)
-  config_flags.DEFINE_config_dict("eval", evaluate.default_options(), "Evaluation options.",
-                                  flag_values=fv, lock_config=True, sys_argv=argv)
+  config_flags.DEFINE_config_dict(
+      "eval", evaluate.default_options(),
+      "Evaluation options, set as --eval.<name>=value: step (-1: the best checkpoint), "
+      "noise, gaussian_stddevs, salt_pepper_amounts, blur_sigmas, visualize "
+      "(see evaluate.default_options).",
+      flag_values=fv, lock_config=True, sys_argv=argv)
 
 
 def _run_evaluate(fv: flags.FlagValues, args: list[str]) -> int:
