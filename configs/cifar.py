@@ -6,10 +6,10 @@
         --config.data.image_folder=tests/data/cifar10-mini.tar.gz
 
 The argument after `:` is a comma-separated list of `key=value` settings
-(`dataset`, `arch`, `attention`; defaults as in `configs/default.py`) and
-presets (`smoke`: a tiny ResNet run that finishes in well under a minute on
-a CPU). Attention specs with options, e.g. `wa(wavelet='db2')`, are set with
-`--config.model.attention=...` after it. In Python: `get_config("smoke")`.
+(`dataset`, `arch`, `attention`, an attention spec such as
+`attention=wa(wavelet='db2', stages='all')`; defaults as in
+`configs/default.py`) and presets (`smoke`: a tiny ResNet run that finishes
+in well under a minute on a CPU). In Python: `get_config("smoke")`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import default
+from wacnn_jax import attention
 
 SETTINGS = {"dataset": ("data", "dataset"), "arch": ("model", "arch"),
             "attention": ("model", "attention")}
@@ -38,7 +39,7 @@ PRESETS = {"smoke": smoke}
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = default.get_config()
-  for item in filter(None, (arg or "").split(",")):
+  for item in filter(None, attention.split_top_level(arg or "")):
     key, has_value, value = item.partition("=")
     key = key.strip()
     if not has_value and key in PRESETS:

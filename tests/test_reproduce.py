@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from tests.helpers import REPO_ROOT
+from wacnn_jax import attention
 from wacnn_jax import reproduce
 
 TINY = ["num_epochs=1", "batch_size=32", "eval_batch_size=16", "data.max_train_examples=64",
@@ -87,7 +88,7 @@ def test_welch_interval_matches_scipy():
 
 
 def test_attentions_are_specs_checked_before_any_run(subprocess_env, tmp_path):
-  assert reproduce.split_attentions("none, wa,wa(wavelet='db2', stages='all')") == [
+  assert attention.split_top_level("none, wa,wa(wavelet='db2', stages='all')") == [
       "none", "wa", "wa(wavelet='db2', stages='all')"]
   assert reproduce.Cell("resnet18", "wa(wavelet='db2', stages='all')").name == (
       "resnet18-wa(wavelet=db2,stages=all)")

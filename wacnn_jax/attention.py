@@ -146,6 +146,20 @@ def attention_kind(name: str) -> AttentionKind:
   return _KINDS[_NAMES[name]]
 
 
+def split_top_level(text: str) -> list[str]:
+  """The comma-separated items of `text`, stripped; commas inside parentheses belong to an item.
+
+  E.g. "none, wa(wavelet='db2', stages='all')" -> ["none", "wa(wavelet='db2', stages='all')"].
+  """
+  specs, depth, start = [], 0, 0
+  for i, char in enumerate(text):
+    depth += {"(": 1, ")": -1}.get(char, 0)
+    if char == "," and depth == 0:
+      specs.append(text[start:i])
+      start = i + 1
+  return [spec.strip() for spec in specs + [text[start:]]]
+
+
 @dataclasses.dataclass(frozen=True)
 class AttentionSpec:
   """A registered attention and the values of all its options; immutable and hashable.

@@ -94,6 +94,17 @@ def _exit_with_usage_error(message: str) -> NoReturn:
 MOVED_TO_EVALUATE = ("mode", "checkpoint_step", "eval")
 
 
+def _without_traceback(message: str) -> str:
+  """A flag error on one line; an embedded traceback (a config file that raised) -> its last line.
+
+  E.g. "flag --config=c.py: Error whilst parsing config file: ValueError: ...".
+  """
+  if "Traceback (most recent call last):" in message:
+    head, _, trace = message.partition("Traceback (most recent call last):")
+    message = f"{head} {trace.strip().splitlines()[-1]}"
+  return " ".join(message.split())
+
+
 def parse_flags(flag_values: flags.FlagValues, argv: list[str],
                 positional: bool = False) -> list[str]:
   """Parses `argv` into `flag_values`; returns the positional arguments.
@@ -116,16 +127,17 @@ def parse_flags(flag_values: flags.FlagValues, argv: list[str],
   try:
     remaining = flag_values(argv)
   except flags.Error as e:  # a bad value, an unknown or a missing flag
-    _exit_with_usage_error(" ".join(str(e).split()))
+    _exit_with_usage_error(_without_traceback(str(e)))
   except Exception as e:  # pylint: disable=broad-except
     message = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"')
     valid = ""
     if path and os.path.exists(path):
       try:
         config = runpy.run_path(path)["get_config"]()
-        valid = "\nValid keys: " + ", ".join(flatten_keys(config))
-      except Exception:  # pylint: disable=broad-except
-        pass
+      except Exception as load_error:  # pylint: disable=broad-except
+        _exit_with_usage_error(f"--config {path} does not load ({type(load_error).__name__}: "
+                               f"{load_error}).")
+      valid = "\nValid keys: " + ", ".join(flatten_keys(config))
     _exit_with_usage_error(f"bad config override ({type(e).__name__}: {message}).{valid}")
   if len(remaining) > 1 and not positional:
     _exit_with_usage_error(f"unexpected arguments {remaining[1:]}; every option is a --flag.")
@@ -302,7 +314,7 @@ def _run_reproduce(fv: flags.FlagValues, args: list[str]) -> int:
                            "archive of one, or 'tfds'.")
   try:
     attentions = [str(attention.AttentionSpec.parse(spec))
-                  for spec in reproduce.split_attentions(fv.attentions)]
+                  for spec in attention.split_top_level(fv.attentions)]
   except ValueError as e:
     _exit_with_usage_error(f"--attentions: {e}")
   return _print_error(lambda: reproduce.run_grid(

@@ -113,17 +113,6 @@ def read_run(workdir: str) -> SeedRun:
       devices=tuple(sorted({i["device"] for i in invocations})))
 
 
-def split_attentions(text: str) -> list[str]:
-  """The comma-separated specs of `text`; commas inside parentheses belong to a spec."""
-  specs, depth, start = [], 0, 0
-  for i, char in enumerate(text):
-    depth += {"(": 1, ")": -1}.get(char, 0)
-    if char == "," and depth == 0:
-      specs.append(text[start:i])
-      start = i + 1
-  return [spec.strip() for spec in specs + [text[start:]]]
-
-
 def run_command(cell: Cell, seed: int, table: str, data: str, workdir: str,
                 overrides: Sequence[str]) -> list[str]:
   command = [sys.executable, RUN_TRAIN, "--config", DEFAULT_CONFIG, "--workdir", workdir,
