@@ -7,6 +7,7 @@ subprocesses share a persistent XLA compilation cache, so that only the first
 compiles the model.
 """
 
+import asyncio
 import json
 import os
 import re
@@ -398,6 +399,25 @@ def test_damaged_checkpoint_in_evaluate_mode_is_one_line(run_copy, synthetic_fol
   result = run_cli(subprocess_env, run_copy, synthetic_folder, "--eval.step=6",
                    command="evaluate")
   assert_one_error_line(result, "checkpoint 6 in", "is damaged", "there are [3, 6]")
+
+
+def test_only_a_closed_event_loop_report_is_dropped_after_a_restore(monkeypatch, capsys):
+  """The excepthook part of the restore-aftermath filter (TensorStore prints with PyErr_Print)."""
+  monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+  monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+  checkpointing._drop_restore_aftermath()  # pylint: disable=protected-access
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    sys.excepthook(type(e), e, e.__traceback__)
+  assert capsys.readouterr().err == ""
+  try:
+    raise RuntimeError("Event loop is closed")  # not asyncio's: reported
+  except RuntimeError as e:
+    sys.excepthook(type(e), e, e.__traceback__)
+  assert "RuntimeError: Event loop is closed" in capsys.readouterr().err
 
 
 def test_restore_latest_sets_every_damaged_checkpoint_aside(run_copy):

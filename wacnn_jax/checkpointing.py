@@ -59,9 +59,12 @@ def _array_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def _is_event_loop_closed(error: BaseException | None) -> bool:
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
 def _is_restore_aftermath(unraisable) -> bool:
-  if (isinstance(unraisable.exc_value, RuntimeError)
-      and str(unraisable.exc_value) == "Event loop is closed"):
+  if _is_event_loop_closed(unraisable.exc_value):
     return True
   code = getattr(unraisable.object, "cr_code", None)  # an abandoned Orbax read coroutine
   return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
@@ -86,13 +89,16 @@ def _drop_restore_aftermath() -> None:
 
   When one array of a checkpoint cannot be read, Orbax abandons the restore
   while TensorStore completes the other reads, which then report themselves
-  at any later time: "Event loop is closed" for each read that completes,
-  the error of each abandoned Orbax read coroutine (with a ~60-line
-  TensorStore spec) when it is collected, and asyncio's "Task exception was
-  never retrieved" for each failed read no one awaits. Nothing can catch them
-  and they add nothing to the DamagedCheckpointError, so a `sys.unraisablehook`
-  wrapper and a filter on the asyncio logger drop exactly these and pass
-  every other report on.
+  at any later time: "Event loop is closed" for each read that completes
+  (as an unraisable exception, or printed through `sys.excepthook` by a
+  TensorStore callback), the error of each abandoned Orbax read coroutine
+  (with a ~60-line TensorStore spec) when it is collected, and asyncio's
+  "Task exception was never retrieved" for each failed read no one awaits.
+  Nothing can catch them and they add nothing to the DamagedCheckpointError,
+  so wrappers of `sys.unraisablehook` and `sys.excepthook` and a filter on
+  the asyncio logger drop exactly these and pass every other report on.
+  Installed before every restore: the reads can complete before the failure
+  reaches the caller.
   """
   previous = sys.unraisablehook
   if getattr(previous, "drops_restore_aftermath", False):
@@ -102,8 +108,20 @@ def _drop_restore_aftermath() -> None:
     if not _is_restore_aftermath(unraisable):
       previous(unraisable)
 
+  previous_excepthook = sys.excepthook
+
+  def excepthook(error_type, error, trace):
+    # Only asyncio's own refusal to schedule on a closed loop (its innermost frame).
+    innermost = trace
+    while innermost is not None and innermost.tb_next is not None:
+      innermost = innermost.tb_next
+    if not (_is_event_loop_closed(error) and innermost is not None
+            and innermost.tb_frame.f_code.co_name == "_check_closed"):
+      previous_excepthook(error_type, error, trace)
+
   hook.drops_restore_aftermath = True
   sys.unraisablehook = hook
+  sys.excepthook = excepthook
   python_logging.getLogger("asyncio").addFilter(_AbandonedReadFilter())
 
 
@@ -211,11 +229,11 @@ class Checkpointer:
           f"model, dataset or batch size ({detail}). Use a new --workdir, or "
           "set the config to match the checkpoint.")
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+    _drop_restore_aftermath()
     try:
       restored = self._manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
     except Exception as e:  # pylint: disable=broad-except
-      _drop_restore_aftermath()
       difference = self._difference(step, target)
       if difference:
         raise CheckpointError(
