@@ -51,8 +51,8 @@ def test_grid_in_pieces_then_complete_then_skipped(tmp_path, tiny_folder, subpro
   assert [i["outcome"] for i in _invocations(results, "resnet18-none", 0)] == [
       "stopped", "finished"]
   # Tiny finished runs keep their (small) checkpoints; metrics and summaries are there.
-  run = reproduce.read_run(os.path.join(results, "cifar10", "resnet18-wa", "seed1"))
-  assert run.complete and run.flops > 0
+  run, = reproduce.read_run(os.path.join(results, "cifar10", "resnet18-wa", "seed1"))
+  assert run.seed == 1 and run.complete and run.flops > 0
   assert run.params == 272_474 - 7 * (64 + 1)  # resnet18-WA with 3 classes instead of 10
   # 3. Nothing left to do: no run starts.
   third = _cli(subprocess_env, *common, "--budget", "0")
@@ -61,6 +61,36 @@ def test_grid_in_pieces_then_complete_then_skipped(tmp_path, tiny_folder, subpro
     for seed in (0, 1):
       assert _invocations(results, cell, seed)[-1]["outcome"] == "finished"
   assert len(_invocations(results, "resnet18-wa", 1)) == 1
+
+
+def test_seeds_per_run_trains_replicas_and_shares_seeds(tmp_path, tiny_folder, subprocess_env):
+  results = str(tmp_path / "results")
+  common = ["--archs", "resnet18", "--attentions", "wa", "--data", tiny_folder, "--results",
+            results] + [a for o in TINY for a in ("--set", o)]
+  # Seeds 0 and 1 in one run of two replicas.
+  first = _cli(subprocess_env, *common, "--seeds", "2", "--seeds_per_run", "2")
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert "resnet18-wa seeds 0-1 ..." in first.stdout
+  cell = os.path.join(results, "cifar10", "resnet18-wa")
+  assert sorted(os.listdir(cell)) == ["seeds0-1"]
+  with open(os.path.join(cell, "seeds0-1", "config.json")) as f:
+    config = json.load(f)
+  assert (config["seed"], config["num_seeds"]) == (0, 2)
+  runs = reproduce.read_run(os.path.join(cell, "seeds0-1"))
+  assert [(r.seed, r.complete) for r in runs] == [(0, True), (1, True)]
+  with open(os.path.join(cell, "seeds0-1", "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [(r["replica"], r["seed"]) for r in rows] == [(0, 0), (1, 1)]
+  assert rows[0]["train_loss"] != rows[1]["train_loss"]  # two models, not one twice
+  # A third seed, one per run: seeds 0 and 1 are done, only seed 2 trains.
+  second = _cli(subprocess_env, *common, "--seeds", "3", "--seeds_per_run", "1")
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert "resnet18-wa seed 2 ..." in second.stdout and "seed 0" not in second.stdout
+  assert sorted(os.listdir(cell)) == ["seed2", "seeds0-1"]
+  readme = open(os.path.join(results, "cifar10", "README.md")).read()
+  assert "| resnet18 | wa | 3/3 | 1 |" in readme
+  found = reproduce.read_cell(cell)
+  assert sorted(found) == [0, 1, 2] and found[2].workdir.endswith("seed2")
 
 
 def test_budget_too_small_starts_nothing(tmp_path, tiny_folder, subprocess_env):

@@ -297,6 +297,8 @@ def _define_reproduce(fv: flags.FlagValues, argv: list[str]) -> None:
                       "Comma-separated attention specs, e.g. none,wa,se(reduction=8).",
                       flag_values=fv)
   flags.DEFINE_integer("seeds", 4, "Seeds per cell.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("seeds_per_run", 1, "Seeds trained at once in one run, as num_seeds "
+                       "replicas (pays on a GPU, not on a CPU).", lower_bound=1, flag_values=fv)
   flags.DEFINE_string("results", "results", "Results folder.", flag_values=fv)
   flags.DEFINE_float("budget", None, "Wall-clock seconds.", flag_values=fv)
   flags.DEFINE_float("min_run_seconds", 60.0,
@@ -319,7 +321,7 @@ def _run_reproduce(fv: flags.FlagValues, args: list[str]) -> int:
     _exit_with_usage_error(f"--attentions: {e}")
   return _print_error(lambda: reproduce.run_grid(
       fv.table, fv.archs, attentions, fv.seeds, fv.data, fv.results, fv.budget, fv.set,
-      fv.min_run_seconds, fv.keep_checkpoints_mb))
+      fv.min_run_seconds, fv.keep_checkpoints_mb, fv.seeds_per_run))
 
 
 COMMANDS = {

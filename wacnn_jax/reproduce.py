@@ -2,11 +2,18 @@
 
     python -m wacnn_jax reproduce --table cifar10 --archs resnet18,mobilenetv2,vgg16_bn \
         --attentions none,wa --seeds 4 --data ../shared/data/cifar10-jpeg.tar.gz \
-        [--budget SECONDS] [--results results] [--set num_epochs=2 ...]
+        [--seeds_per_run N] [--budget SECONDS] [--results results] [--set num_epochs=2 ...]
 
 Every run is `run_train.py` with `configs/default.py` (the reference recipe),
 `model.arch`, `model.attention`, `data.dataset` = `--table` and `seed`, in
-`RESULTS/<table>/<arch>-<attention>/seed<k>/`. `--attentions` lists attention
+`RESULTS/<table>/<arch>-<attention>/seed<k>/`. With `--seeds_per_run` N > 1
+a run trains N consecutive seeds at once as `num_seeds` = N replicas (one
+program, each replica exactly the run of its own seed), in
+`.../seeds<k>-<k+N-1>/`: on a GPU that a CIFAR network leaves mostly idle
+this should cost far less than N runs; on a CPU it costs more (`docs/benchmarks.md`,
+"Seeds in one program"). A seed counts as done wherever it was trained: a
+run trains the missing seeds of its group only, so invocations with different
+`--seeds_per_run` share results. `--attentions` lists attention
 specs, e.g. `none,wa,se(reduction=8),wa(wavelet='db2')` (see
 `wacnn_jax.attention`); each is checked and written in its canonical form,
 without quotes and spaces in folder names. `--data` is an image folder or
@@ -14,17 +21,18 @@ archive (read without TensorFlow) or `tfds` (tensorflow-datasets downloads
 and prepares `--table`, e.g. cifar100). `--set key=value` adds
 `--config.key=value` to every run (for short runs).
 
-Work is spent in pieces: a run that is complete is skipped, a partial one
+Work is spent in pieces: a run whose seeds are all complete is skipped, a partial one
 resumes from its latest checkpoint, and with `--budget` the command starts no
-run it cannot give `--min-run-seconds`, stops the run in progress at the
+run it cannot give `--min_run_seconds`, stops the run in progress at the
 deadline (it continues from its last checkpoint next time, on this machine or
 another one given the same `RESULTS` folder) and exits 0. Checkpoints of
-finished runs are deleted unless they are under `--keep-checkpoints-mb`
+finished runs are deleted unless they are under `--keep_checkpoints_mb`
 (partial runs keep theirs, to continue).
 
 `RESULTS/<table>/README.md` is rewritten after every run: per cell the best
 and final test top-1 (mean ± sample std over the finished seeds), parameters,
-FLOPs, epochs, training wall time and device; per architecture WA minus the
+FLOPs, epochs, training wall time per seed (a run's time divided by the seeds
+it trained) and device; per architecture WA minus the
 baseline with a 95 % Welch t-interval, beside the paper's reported delta.
 """
 
@@ -34,6 +42,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -70,14 +79,15 @@ class Cell:
 
 @dataclasses.dataclass
 class SeedRun:
-  """What a finished or partial run's workdir holds."""
+  """One seed of a finished or partial run: a replica of the run's workdir."""
 
   workdir: str
+  seed: int
   epochs: int
   num_epochs: int | None
   best: float | None
   final: float | None
-  train_seconds: float
+  train_seconds: float  # the seed's share: the run's train time / its number of seeds
   params: int | None
   flops: float | None
   devices: tuple
@@ -87,8 +97,9 @@ class SeedRun:
     return self.num_epochs is not None and self.epochs >= self.num_epochs
 
 
-def read_run(workdir: str) -> SeedRun:
-  """Reads metrics.jsonl, config.json, model_summary.json and reproduce.json of a workdir."""
+def read_run(workdir: str) -> list[SeedRun]:
+  """One SeedRun per replica, from metrics.jsonl, config.json, model_summary.json and
+  reproduce.json of a workdir; [] before the run has written its config."""
 
   def load(name, default):
     path = os.path.join(workdir, name)
@@ -99,25 +110,54 @@ def read_run(workdir: str) -> SeedRun:
         return [json.loads(line) for line in f if line.strip()]
       return json.load(f)
 
+  config = load("config.json", None)
+  if config is None:
+    return []
   records = load("metrics.jsonl", [])
-  config = load("config.json", {})
   summary = load("model_summary.json", {})
   invocations = load("reproduce.json", [])
-  return SeedRun(
-      workdir=workdir, epochs=records[-1]["epoch"] if records else 0,
-      num_epochs=config.get("num_epochs"),
-      best=max(r["test_accuracy"] for r in records) if records else None,
-      final=records[-1]["test_accuracy"] if records else None,
-      train_seconds=sum(r["epoch_seconds"] - r.get("compile_seconds", 0.0) for r in records),
-      params=summary.get("params"), flops=summary.get("flops_per_image"),
-      devices=tuple(sorted({i["device"] for i in invocations})))
+  replicas = config.get("num_seeds", 1)
+  runs = []
+  for k in range(replicas):
+    rows = [r for r in records if r.get("replica", 0) == k]
+    runs.append(SeedRun(
+        workdir=workdir, seed=config["seed"] + k, epochs=rows[-1]["epoch"] if rows else 0,
+        num_epochs=config.get("num_epochs"),
+        best=max(r["test_accuracy"] for r in rows) if rows else None,
+        final=rows[-1]["test_accuracy"] if rows else None,
+        train_seconds=sum(r["epoch_seconds"] - r.get("compile_seconds", 0.0)
+                          for r in rows) / replicas,
+        params=summary.get("params"), flops=summary.get("flops_per_image"),
+        devices=tuple(sorted({i["device"] for i in invocations}))))
+  return runs
 
 
-def run_command(cell: Cell, seed: int, table: str, data: str, workdir: str,
+def run_folder(seeds: range) -> str:
+  """The folder of a run training `seeds`: "seed3", or "seeds4-7" for four at once."""
+  return f"seed{seeds.start}" if len(seeds) == 1 else f"seeds{seeds.start}-{seeds[-1]}"
+
+
+def read_cell(cell_dir: str) -> dict[int, SeedRun]:
+  """{seed: SeedRun} over every run folder of a cell; where a seed was trained in two
+  folders, a complete one wins, then the one with more epochs."""
+  found = {}
+  names = sorted(os.listdir(cell_dir)) if os.path.isdir(cell_dir) else []
+  for name in names:
+    if not re.fullmatch(r"seed\d+|seeds\d+-\d+", name):
+      continue
+    for run in read_run(os.path.join(cell_dir, name)):
+      old = found.get(run.seed)
+      if old is None or (run.complete, run.epochs) > (old.complete, old.epochs):
+        found[run.seed] = run
+  return found
+
+
+def run_command(cell: Cell, seeds: range, table: str, data: str, workdir: str,
                 overrides: Sequence[str]) -> list[str]:
   command = [sys.executable, RUN_TRAIN, "--config", DEFAULT_CONFIG, "--workdir", workdir,
              f"--config.model.arch={cell.arch}", f"--config.model.attention={cell.attention}",
-             f"--config.data.dataset={table}", f"--config.seed={seed}"]
+             f"--config.data.dataset={table}", f"--config.seed={seeds.start}",
+             f"--config.num_seeds={len(seeds)}"]
   if data != "tfds":
     command.append(f"--config.data.image_folder={os.path.abspath(data)}")
   return command + [f"--config.{o}" for o in overrides]
@@ -217,7 +257,7 @@ def results_markdown(table: str, cells: Sequence[Cell], runs: dict, seeds: int) 
            "mean ± sample standard deviation over the finished seeds. *best*: the best "
            "epoch of each run (as the reference reports it); *final*: the last epoch.", "",
            "| arch | attention | seeds finished | epochs | best top-1 | final top-1 | "
-           "parameters | MFLOPs/image | train time per run | device |",
+           "parameters | MFLOPs/image | train time per seed | device |",
            "|---|---|---|---|---|---|---|---|---|---|"]
   for cell in cells:
     cell_runs = runs[cell]
@@ -250,8 +290,11 @@ def results_markdown(table: str, cells: Sequence[Cell], runs: dict, seeds: int) 
 
 
 def write_results(results: str, table: str, cells, seeds: int) -> dict:
-  runs = {cell: [read_run(os.path.join(results, table, cell.name, f"seed{k}"))
-                 for k in range(seeds)] for cell in cells}
+  """Rewrites RESULTS/<table>/README.md; returns {cell: [SeedRun of seeds 0..seeds-1 found]}."""
+  runs = {}
+  for cell in cells:
+    found = read_cell(os.path.join(results, table, cell.name))
+    runs[cell] = [found[k] for k in range(seeds) if k in found]
   with open(os.path.join(results, table, "README.md"), "w") as f:
     f.write(results_markdown(table, cells, runs, seeds))
   return runs
@@ -265,32 +308,38 @@ def write_results(results: str, table: str, cells, seeds: int) -> dict:
 def reproduce(table: str, archs: Sequence[str], attentions: Sequence[str], seeds: int,
               data: str, results: str = "results", budget: float | None = None,
               overrides: Sequence[str] = (), min_run_seconds: float = 60.0,
-              keep_checkpoints_mb: float = 5.0) -> dict:
+              keep_checkpoints_mb: float = 5.0, seeds_per_run: int = 1) -> dict:
   """Runs what is missing of the grid within `budget` seconds; returns {cell: [SeedRun]}."""
   deadline = None if budget is None else time.time() + budget
   cells = [Cell(a, t) for a in archs for t in attentions]
   os.makedirs(os.path.join(results, table), exist_ok=True)
   runs = write_results(results, table, cells, seeds)
   device = _device_name()
-  # Seed-major order: every cell gets its first seed before any gets its second.
-  for k in range(seeds):
+  # Seed-major order: every cell gets its first seeds before any gets the next ones.
+  for group in range(0, seeds, seeds_per_run):
     for cell in cells:
-      workdir = os.path.join(results, table, cell.name, f"seed{k}")
-      if read_run(workdir).complete:
+      complete = {r.seed for r in runs[cell] if r.complete}
+      missing = [k for k in range(group, min(group + seeds_per_run, seeds))
+                 if k not in complete]
+      if not missing:
         continue
+      run_seeds = range(missing[0], missing[-1] + 1)
+      label = (f"{cell.name} seed {run_seeds.start}" if len(run_seeds) == 1 else
+               f"{cell.name} seeds {run_seeds.start}-{run_seeds[-1]}")
+      workdir = os.path.join(results, table, cell.name, run_folder(run_seeds))
       left = None if deadline is None else deadline - time.time()
       if left is not None and left < min_run_seconds:
-        print(f"budget: {max(left, 0):.0f} s left, less than --min-run-seconds; stopping "
-              f"before {cell.name} seed {k}", flush=True)
+        print(f"budget: {max(left, 0):.0f} s left, less than --min_run_seconds; stopping "
+              f"before {label}", flush=True)
         return runs
-      print(f"{cell.name} seed {k} ...", flush=True)
-      outcome = train_one(run_command(cell, k, table, data, workdir, overrides),
+      print(f"{label} ...", flush=True)
+      outcome = train_one(run_command(cell, run_seeds, table, data, workdir, overrides),
                           workdir, left, device)
-      run = read_run(workdir)
-      print(f"{cell.name} seed {k}: {outcome}, {run.epochs} epochs", flush=True)
+      trained = read_run(workdir)
+      print(f"{label}: {outcome}, {trained[0].epochs if trained else 0} epochs", flush=True)
       if outcome == "failed":
         raise RuntimeError(f"the run in {workdir} failed; see {workdir}/train.log")
-      if run.complete:
+      if trained and all(r.complete for r in trained):
         prune_checkpoints(workdir, keep_checkpoints_mb)
       runs = write_results(results, table, cells, seeds)
       if outcome == "stopped":
@@ -300,11 +349,11 @@ def reproduce(table: str, archs: Sequence[str], attentions: Sequence[str], seeds
 
 def run_grid(table: str, archs: Sequence[str], attentions: Sequence[str], seeds: int,
              data: str, results: str, budget: float | None, overrides: Sequence[str],
-             min_run_seconds: float, keep_checkpoints_mb: float) -> int:
+             min_run_seconds: float, keep_checkpoints_mb: float, seeds_per_run: int) -> int:
   """`python -m wacnn_jax reproduce`: `reproduce` and where its table is; the exit code."""
   try:
     reproduce(table, archs, attentions, seeds, data, results, budget, overrides,
-              min_run_seconds, keep_checkpoints_mb)
+              min_run_seconds, keep_checkpoints_mb, seeds_per_run)
   except RuntimeError as e:
     sys.stderr.write(f"error: {e}\n")
     return 1
