@@ -186,11 +186,13 @@ def train_runners(arch, attention, half, batch, num_steps, replicas=1):
   state = parallel.replicate_state(
       train.create_train_states(config, model, (32, 32, 3), lr_fn), topology)
   train_images, train_labels = parallel.replicate_state((images, labels), topology)
-  p_train = steps.make_train_fn(config, lr_fn, topology)
   indices = np.stack([  # (devices, replicas, steps, per_device)
       rng.permutation(n)[:num_steps * batch].reshape(
           num_steps, topology.local_device_count, per_device).transpose(1, 0, 2)
       for _ in range(replicas)], axis=1).astype(np.int32)
+  p_train = steps.make_train_fn(config, lr_fn, topology).lower(
+      state, train_images, train_labels, indices).compile(
+          compiler_options=steps.compiler_options())  # as train.py compiles it
   holder = {"state": state}
 
   def run_train():

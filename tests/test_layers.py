@@ -1,6 +1,7 @@
 """The PyTorch-equivalent layers: BatchNorm against torch.nn.BatchNorm2d."""
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 from wacnn_jax import attention
 from wacnn_jax import layers
+from wacnn_jax import steps
 
 KEY = jax.random.key(0)
 
@@ -103,3 +105,33 @@ def test_batch_norm_refuses_one_value_per_channel():
   variables = module.init(KEY, x)
   with pytest.raises(ValueError, match="more than 1 value per channel"):
     module.apply(variables, x, mutable=["batch_stats"])
+
+
+def test_conv_input_barrier_survives_cpu_compilation_and_changes_no_gradient():
+  """`layers.Conv`'s CPU barrier is kept when compiled with `steps.compiler_options()`
+  (so the CPU lever of docs/benchmarks.md is in effect: if XLA renames the pass
+  this fails) and the gradients equal those of XLA's default compilation,
+  which drops the barrier (float32 rounding: rtol 1e-5, atol 1e-6)."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the barrier is CPU-only")
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      y = layers.conv(8, 3, name="a")(x)
+      y = nn.relu(layers.batch_norm(True, name="bn")(y)) + y
+      return layers.conv(8, 3, name="b")(y)
+
+  x = jax.random.normal(KEY, (4, 8, 8, 3))
+  variables = Net().init(KEY, x)
+
+  def loss(params):
+    y, _ = Net().apply({**variables, "params": params}, x, mutable=["batch_stats"])
+    return jnp.sum(y ** 2)
+
+  grad = jax.jit(jax.grad(loss)).lower(variables["params"])
+  kept = grad.compile(compiler_options=steps.compiler_options())
+  default = grad.compile()
+  assert "opt-barrier" in kept.as_text() and "opt-barrier" not in default.as_text()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               kept(variables["params"]), default(variables["params"]))

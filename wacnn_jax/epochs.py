@@ -85,8 +85,9 @@ class EpochRunner:
   def _train(self, state, indices):
     """One dispatch of `indices.shape[2]` steps, compiling (timed) a new chunk length first.
 
-    With several processes pmap's AOT executables take global shapes, so there
-    the first call compiles, and its time counts as compile time.
+    Compiled with `steps.compiler_options()`. With several processes pmap's
+    AOT executables take global shapes, so there the first call compiles
+    (with XLA's default options), and its time counts as compile time.
     """
     num_steps = indices.shape[2]
     if num_steps not in self._compiled:
@@ -97,7 +98,7 @@ class EpochRunner:
         self._compile_seconds += time.perf_counter() - start
         return outputs
       self._compiled[num_steps] = self._p_train.lower(
-          state, *self._train_data, indices).compile()
+          state, *self._train_data, indices).compile(compiler_options=steps.compiler_options())
       self._compile_seconds += time.perf_counter() - start
     return self._compiled[num_steps](state, *self._train_data, indices)
 

@@ -129,18 +129,38 @@ def linear(features: int, x, *, name: str, dtype: Any,
                kernel_init=kernel_init, dtype=dtype, name=name)(x)
 
 
+class Conv(nn.Conv):
+  """nn.Conv whose input XLA:CPU keeps in memory for the backward pass.
+
+  XLA:CPU computes a convolution's weight gradient from a transposed copy of
+  its input, and by default fuses the recomputation of that input (the
+  previous BatchNorm, ReLU and residual adds, up to three layers back) into
+  the transposing copy, reading several tensors in transposed order: over a
+  third of a CPU train step. An optimisation barrier on the input keeps the
+  stored value instead, where the compilation keeps barriers
+  (`steps.compiler_options`). CPU only; elsewhere this is nn.Conv. Same
+  parameters and outputs as nn.Conv.
+  """
+
+  @nn.compact
+  def __call__(self, inputs):
+    if jax.default_backend() == "cpu":
+      inputs = jax.lax.optimization_barrier(inputs)
+    return super().__call__(inputs)
+
+
 def conv(features: int, kernel: int, *, strides: int = 1, groups: int = 1,
          use_bias: bool = False, dtype: Any = jnp.float32,
-         kernel_init: Initializer = torch_default_init, name: str | None = None) -> nn.Conv:
+         kernel_init: Initializer = torch_default_init, name: str | None = None) -> Conv:
   """Square nn.Conv with PyTorch's symmetric zero padding (kernel // 2 per side).
 
   Kernel (k, k, Cin / groups, features) from `kernel_init`, default PyTorch's
   U(+-1/sqrt(fan_in)), fan_in = Cin / groups * k * k. No bias by default (the
   backbones' convolutions have none, except VGG's, which the reference sets
-  to 0): biases start at 0.
+  to 0): biases start at 0. (`Conv` is nn.Conv with a CPU-only barrier.)
   """
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
+  return Conv(features, (kernel, kernel), strides=(strides, strides),
                  padding=((pad, pad), (pad, pad)), feature_group_count=groups,
                  use_bias=use_bias, kernel_init=kernel_init,
                  bias_init=nn.initializers.zeros, dtype=dtype,
