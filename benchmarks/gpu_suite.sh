@@ -8,10 +8,9 @@
 #   bash benchmarks/gpu_suite.sh OUT_DIR 200 .data/cifar10-jpeg.tar.gz --phases full_run
 #
 # Run from the repository root on a CUDA machine whose Python already has JAX
-# (CUDA build), flax, optax, orbax-checkpoint and PyTorch. What the training
-# path needs beyond those (PyWavelets, ml_collections, tensorboardX) is
-# installed from the wheels in .whl/ when that folder exists (no network
-# needed; make it with `bash benchmarks/gpu_suite.sh --fetch-wheels`). DATA
+# (CUDA build), flax, optax, orbax-checkpoint and PyTorch; benchmarks/gpu_env.sh
+# installs the rest from the wheels in .whl/ (make that folder with
+# `bash benchmarks/gpu_suite.sh --fetch-wheels`). DATA
 # defaults to .data/cifar10-jpeg.tar.gz (an image folder or archive); the
 # training path reads it without TensorFlow or tfds preparation.
 #
@@ -39,17 +38,7 @@ START=$(date +%s)
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/suite.log") 2>&1
 
-if ! python3 -c "import pywt, ml_collections, tensorboardX" 2>/dev/null \
-    && compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/wacnn_site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/wacnn_site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONUNBUFFERED=1
-# The suite process grows its GPU memory as needed; the full run (a child
-# process) takes a fixed fraction, and the PyTorch peers share the card.
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/workdirs/jax_cache}
+. benchmarks/gpu_env.sh || exit 1
 
 nvidia-smi -L 2>/dev/null || true
 python3 - <<'PY'
