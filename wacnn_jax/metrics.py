@@ -24,13 +24,16 @@ from wacnn_jax import workdirs
 def model_summary(model, variables, image_shape) -> dict:
   """Parameter count, FLOPs per image and the layer table.
 
-  FLOPs: XLA's cost analysis of the unoptimised HLO of the eval forward pass
-  (the same on every backend; after GPU compilation convolutions are cuDNN
-  calls that the analysis does not count).
+  FLOPs: XLA's cost analysis of the unoptimised HLO of the eval forward pass,
+  lowered for the host CPU on every machine (GPU backends either give no
+  analysis before compilation or, after it, do not count cuDNN's
+  convolutions).
   """
   params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(variables["params"]))
   x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
-  lowered = jax.jit(functools.partial(model.apply, train=False)).lower(variables, x)
+  host = jax.local_devices(backend="cpu")[0]
+  lowered = jax.jit(functools.partial(model.apply, train=False)).lower(
+      *jax.device_put((variables, x), host))
   cost = lowered.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
