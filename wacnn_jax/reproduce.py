@@ -9,11 +9,10 @@ Every run is `run_train.py` with `configs/default.py` (the reference recipe),
 `RESULTS/<table>/<arch>-<attention>/seed<k>/`. With `--seeds_per_run` N > 1
 a run trains N consecutive seeds at once as `num_seeds` = N replicas (one
 program, each replica exactly the run of its own seed), in
-`.../seeds<k>-<k+N-1>/`: on a GPU that a CIFAR network leaves mostly idle
-this should cost far less than N runs; on a CPU it costs more (`docs/benchmarks.md`,
-"Seeds in one program"). A seed counts as done wherever it was trained: a
-run trains the missing seeds of its group only, so invocations with different
-`--seeds_per_run` share results. `--attentions` lists attention
+`.../seeds<k>-<k+N-1>/`: measured, this is slower than N separate runs on a
+CPU and on an H200 (`docs/benchmarks.md`, "Seeds in one program"). A seed
+counts as done wherever it was trained: a run trains the missing seeds of its
+group only, so invocations with different `--seeds_per_run` share results. `--attentions` lists attention
 specs, e.g. `none,wa,se(reduction=8),wa(wavelet='db2')` (see
 `wacnn_jax.attention`); each is checked and written in its canonical form,
 without quotes and spaces in folder names. `--data` is an image folder or
