@@ -298,7 +298,8 @@ def _define_reproduce(fv: flags.FlagValues, argv: list[str]) -> None:
                       flag_values=fv)
   flags.DEFINE_integer("seeds", 4, "Seeds per cell.", lower_bound=1, flag_values=fv)
   flags.DEFINE_integer("seeds_per_run", 1, "Seeds trained at once in one run, as num_seeds "
-                       "replicas (measured slower than separate runs, CPU and GPU).", lower_bound=1, flag_values=fv)
+                       "replicas (measured slower than separate runs, CPU and GPU).",
+                       lower_bound=1, flag_values=fv)
   flags.DEFINE_string("results", "results", "Results folder.", flag_values=fv)
   flags.DEFINE_float("budget", None, "Wall-clock seconds.", flag_values=fv)
   flags.DEFINE_float("min_run_seconds", 60.0,

@@ -161,10 +161,10 @@ def conv(features: int, kernel: int, *, strides: int = 1, groups: int = 1,
   """
   pad = kernel // 2
   return Conv(features, (kernel, kernel), strides=(strides, strides),
-                 padding=((pad, pad), (pad, pad)), feature_group_count=groups,
-                 use_bias=use_bias, kernel_init=kernel_init,
-                 bias_init=nn.initializers.zeros, dtype=dtype,
-                 param_dtype=jnp.float32, name=name)
+              padding=((pad, pad), (pad, pad)), feature_group_count=groups,
+              use_bias=use_bias, kernel_init=kernel_init,
+              bias_init=nn.initializers.zeros, dtype=dtype,
+              param_dtype=jnp.float32, name=name)
 
 
 def global_average_pool(x):

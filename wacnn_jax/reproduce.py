@@ -12,16 +12,18 @@ program, each replica exactly the run of its own seed), in
 `.../seeds<k>-<k+N-1>/`: measured, this is slower than N separate runs on a
 CPU and on an H200 (`docs/benchmarks.md`, "Seeds in one program"). A seed
 counts as done wherever it was trained: a run trains the missing seeds of its
-group only, so invocations with different `--seeds_per_run` share results. `--attentions` lists attention
-specs, e.g. `none,wa,se(reduction=8),wa(wavelet='db2')` (see
-`wacnn_jax.attention`); each is checked and written in its canonical form,
-without quotes and spaces in folder names. `--data` is an image folder or
+group only, so invocations with different `--seeds_per_run` share results.
+
+`--attentions` lists attention specs, e.g.
+`none,wa,se(reduction=8),wa(wavelet='db2')` (see `wacnn_jax.attention`);
+each is checked and written in its canonical form, without quotes and spaces
+in folder names. `--data` is an image folder or
 archive (read without TensorFlow) or `tfds` (tensorflow-datasets downloads
 and prepares `--table`, e.g. cifar100). `--set key=value` adds
 `--config.key=value` to every run (for short runs).
 
-Work is spent in pieces: a run whose seeds are all complete is skipped, a partial one
-resumes from its latest checkpoint, and with `--budget` the command starts no
+Work is spent in pieces: a run whose seeds are all complete is skipped, a
+partial one resumes from its latest checkpoint, and with `--budget` the command starts no
 run it cannot give `--min_run_seconds`, stops the run in progress at the
 deadline (it continues from its last checkpoint next time, on this machine or
 another one given the same `RESULTS` folder) and exits 0. Checkpoints of
@@ -31,8 +33,8 @@ finished runs are deleted unless they are under `--keep_checkpoints_mb`
 `RESULTS/<table>/README.md` is rewritten after every run: per cell the best
 and final test top-1 (mean ± sample std over the finished seeds), parameters,
 FLOPs, epochs, training wall time per seed (a run's time divided by the seeds
-it trained) and device; per architecture WA minus the
-baseline with a 95 % Welch t-interval, beside the paper's reported delta.
+it trained) and device; per architecture WA minus the baseline with a 95 %
+Welch t-interval, beside the paper's reported delta.
 """
 
 from __future__ import annotations
