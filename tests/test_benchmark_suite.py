@@ -136,8 +136,8 @@ def test_summarize_trace_busy_time_gaps_and_classes(tmp_path):
   assert summary["trace_wall_us_per_step"] == pytest.approx(500)
 
 
-def _part(train, skipped, **extra):
-  return {"info": {"date": "d", "device": "gpu: X", "host": "h", "jax": "j", "torch": "t"},
+def _part(train, skipped, date="2026-01-01", **extra):
+  return {"info": {"date": date, "device": "gpu: X", "host": "h", "jax": "j", "torch": "t"},
           "settings": {"quick": False, "steps": 50, "windows": 5, "budget": 100},
           "train": train, "dwt": {}, "peers": {}, "skipped": skipped, "errors": [], **extra}
 
@@ -148,7 +148,7 @@ def test_results_of_several_invocations_merge_into_one_table(tmp_path):
                 [{"phase": "train vgg16_bn wa fp32 b128", "note": "skipped: no time"},
                  {"phase": "train mobilenetv2 wa fp32 b128", "note": "skipped: no time"}])
   second = _part({"vgg16_bn wa fp32 b128": row(50.0), "resnet18 wa fp32 b128": row(120.0)},
-                 [])
+                 [], date="2026-01-02")
   paths = []
   for i, part in enumerate((first, second)):
     paths.append(str(tmp_path / f"{i}.json"))
@@ -165,11 +165,11 @@ def test_results_of_several_invocations_merge_into_one_table(tmp_path):
   assert "| train | vgg16_bn wa fp32 b128 | 50 img/s |" in text
   assert "skipped | train vgg16_bn" not in text  # measured in the second part
   assert "| skipped | train mobilenetv2 wa fp32 b128 |" in text
-  assert "2 invocations merged" in text
+  assert "2 invocations merged" in text and "Measured 2026-01-01, 2026-01-02 on" in text
 
 
 def test_xla_flag_lever_runs_the_step_in_a_child_process():
   results = throughput.Results(None, {}, {})
-  throughput.bench_xla_flags(results, "default", "", batch=8, steps=1, windows=1)
+  throughput.bench_xla_flags(results, "default", "", batch=8, steps=1, windows=1, timeout=300)
   row = results.raw["xla_flags"]["default"]
   assert row["flags"] == "" and row["train"] > 0 and row["eval"] > 0

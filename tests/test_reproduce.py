@@ -127,3 +127,17 @@ def test_attentions_are_specs_checked_before_any_run(subprocess_env, tmp_path):
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert "--attentions: se has no option 'kernel_size'" in result.stderr
   assert not os.path.exists(tmp_path / "results")
+
+
+def test_results_table_shows_finished_and_partial_seeds_apart():
+  def run(seed, epochs, best):
+    return reproduce.SeedRun(workdir=f"seed{seed}", seed=seed, epochs=epochs, num_epochs=160,
+                             best=best, final=best, train_seconds=180.0, params=10,
+                             flops=2e6, devices=("gpu",))
+  none, wa = reproduce.Cell("resnet18", "none"), reproduce.Cell("resnet18", "wa")
+  runs = {none: [run(0, 160, 0.88), run(1, 55, 0.77)], wa: [run(0, 160, 0.89)]}
+  table = reproduce.results_markdown("cifar10", [none, wa], runs, seeds=4)
+  assert "| resnet18 | none | 1/4 | 160; seed 1 at 55 | 88.00 |" in table
+  assert "| resnet18 | wa | 1/4 | 160 | 89.00 |" in table
+  # The delta uses finished seeds only: 89 - 88, no interval from one seed each.
+  assert "| resnet18 | +1.00 | - | 1, 1 |" in table

@@ -264,11 +264,13 @@ def results_markdown(table: str, cells: Sequence[Cell], runs: dict, seeds: int) 
     cell_runs = runs[cell]
     done = [r for r in cell_runs if r.complete]
     first = next((r for r in cell_runs if r.params), None)
-    epochs = sorted({r.epochs for r in cell_runs})
+    # The finished seeds' epoch counts, then each unfinished seed's progress.
+    epochs = ["/".join(map(str, sorted({r.epochs for r in done})))] if done else []
+    epochs += [f"seed {r.seed} at {r.epochs}" for r in cell_runs if not r.complete]
     devices = sorted({d for r in cell_runs for d in r.devices})
     lines.append(
         f"| {cell.arch} | {cell.attention} | {len(done)}/{seeds} | "
-        f"{'/'.join(map(str, epochs)) or '-'} | {_mean_std([r.best for r in done])} | "
+        f"{'; '.join(epochs) or '-'} | {_mean_std([r.best for r in done])} | "
         f"{_mean_std([r.final for r in done])} | "
         f"{f'{first.params:,}' if first else '-'} | "
         f"{f'{first.flops / 1e6:.1f}' if first and first.flops else '-'} | "
