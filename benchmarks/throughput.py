@@ -10,21 +10,26 @@ that fails is recorded with its error and the others go on):
 
 1. training images/s of the real pmapped train step (gather, augmentation,
    forward, backward, SGD) and evaluation images/s: resnet18 baseline and WA,
-   float32 and bfloat16, batch 128 (`--quick`: fp32, batch 32);
-2. the PyTorch peers (faithful reference-style and tuned WA-ResNet18,
-   `benchmarks/torch_peers.py`) on the same device, as ratios to wacnn_jax;
-3. the DWT alone (haar): `wacnn_jax.wavelets.dwt2` (its two-tap fused path),
-   the general strided-conv path `dwt2_conv` and the reference's
-   matrix-multiply DWT, against the bytes-moved floor at the measured bandwidth;
-4. with `--profile`: a `jax.profiler` trace of the resnet18-WA train step,
-   summarised as time per op class, device busy time and launch gaps;
-5. with `--full-run DATA`: `run_train.py` on DATA (an image folder or archive)
+   float32 and bfloat16, batch 128 (`--quick`: fp32, batch 32); then
+   (phase `seeds`) 2, 4 and 8 replicas in one program (`num_seeds`);
+2. with `--full-run DATA`: `run_train.py` on DATA (an image folder or archive)
    with the reference recipe (resnet18-WA, 160 epochs) for as long as the
    budget allows, in a fixed workdir so that the next invocation continues it;
    wall time per epoch (evaluation included, compilation apart), test
    accuracy and the projected 160-epoch wall time;
-6. the rest of the table while time remains: mobilenetv2 and vgg16_bn, batch
-   512, bfloat16 of those, and the two-tap vs conv DWT inside the train step.
+3. the PyTorch peers (faithful reference-style and tuned WA-ResNet18,
+   `benchmarks/torch_peers.py`) on the same device, as ratios to wacnn_jax;
+4. the DWT alone (haar): `wacnn_jax.wavelets.dwt2` (its two-tap fused path),
+   the general strided-conv path `dwt2_conv` and the reference's
+   matrix-multiply DWT, against the bytes-moved floor at the measured bandwidth;
+5. with `--profile`: a `jax.profiler` trace of the resnet18-WA train step,
+   summarised as time per op class, device busy time and launch gaps;
+6. levers of the train step: XLA flag variants (command buffers), each in a
+   fresh process, and a single replica run unbatched against vmapped
+   (`CODE_LEVERS`);
+7. the rest of the table while time remains: batch 512, vgg16_bn,
+   mobilenetv2, bfloat16 of those, and the two-tap vs conv DWT inside the
+   train step.
 
 Every figure is a median over timed windows after warm-up, with
 `block_until_ready` (or `torch.cuda.synchronize`) before the clock stops.
@@ -156,6 +161,29 @@ def dwt_through_conv():
     wavelets.dwt2 = two_tap
 
 
+@contextlib.contextmanager
+def one_replica_vmapped():
+  """Ablation: trace the step vmapped over a single replica too (the pre-squeeze path)."""
+  map_replicas = steps.map_replicas
+  steps.map_replicas = lambda fn, *trees: jax.vmap(fn)(*trees)
+  try:
+    yield
+  finally:
+    steps.map_replicas = map_replicas
+
+
+# Code levers, each measured against its ablation in one process, windows
+# interleaved: results key -> (phase name, row label, (lever, ablation) names,
+# the ablation's context manager).
+CODE_LEVERS = {
+    "dwt_lever": ("dwt lever (two-tap vs conv in the train step)", "two-tap vs conv DWT",
+                  ("two_tap", "conv"), dwt_through_conv),
+    "replica_lever": ("replica lever (one replica unbatched vs vmapped)",
+                      "one replica unbatched vs vmapped", ("unbatched", "vmapped"),
+                      one_replica_vmapped),
+}
+
+
 def train_key(arch: str, attention: str, half: bool, batch: int, replicas: int = 1) -> str:
   seeds = f" x{replicas} seeds" if replicas > 1 else ""
   return f"{arch} {attention} {'bf16' if half else 'fp32'} b{batch}{seeds}"
@@ -224,16 +252,18 @@ def bench_train(results: Results, arch, attention, half, batch, steps, windows,
         f"{results.raw['train'][key]['eval']:,.0f} eval img/s (setup {setup:.1f} s)", flush=True)
 
 
-def bench_dwt_lever(results: Results, batch, steps, windows) -> None:
-  """ResNet18-WA train images/s with the two-tap DWT and with the conv DWT, windows interleaved."""
-  runners = {"two_tap": train_runners("resnet18", "wa", False, batch, steps)[0]}
-  with dwt_through_conv():  # traced (in the warm-up call) with the conv DWT
-    runners["conv"] = train_runners("resnet18", "wa", False, batch, steps)[0]
+def bench_code_lever(results: Results, key: str, batch, steps, windows) -> None:
+  """ResNet18-WA fp32 train images/s with the code lever `key` (CODE_LEVERS) and
+  without it (its ablation), windows interleaved, into results.raw[key]."""
+  _, _, (lever, ablation), ablated = CODE_LEVERS[key]
+  runners = {lever: train_runners("resnet18", "wa", False, batch, steps)[0]}
+  with ablated():  # traced (in the warm-up call) with the ablation
+    runners[ablation] = train_runners("resnet18", "wa", False, batch, steps)[0]
   rates = {name: [] for name in runners}
   for _ in range(windows):
     for name, run in runners.items():
       rates[name].append(median_rate(run, steps * batch, 1))
-  results.raw["dwt_lever"] = {"batch": batch, **{
+  results.raw[key] = {"batch": batch, **{
       name: statistics.median(r) for name, r in rates.items()}}
 
 
@@ -512,7 +542,7 @@ def merge_results(parts: list[dict]) -> dict:
   for part in parts[1:]:
     for key in ("train", "dwt", "peers", "profile", "xla_flags"):
       merged.setdefault(key, {}).update(part.get(key, {}))
-    for key in ("full_run", "dwt_lever"):
+    for key in ("full_run", *CODE_LEVERS):
       if key in part:
         merged[key] = part[key]
     if part.get("dwt"):  # the floor of a DWT row uses the bandwidth measured beside it
@@ -521,7 +551,7 @@ def merge_results(parts: list[dict]) -> dict:
     merged["errors"] += part["errors"]
   measured = {f"train {k}" for k in merged["train"]}
   measured |= {"full run"} if "full_run" in merged else set()
-  measured |= {"dwt lever (two-tap vs conv in the train step)"} if "dwt_lever" in merged else set()
+  measured |= {phase for key, (phase, *_) in CODE_LEVERS.items() if key in merged}
   skipped = {s["phase"]: s for s in merged["skipped"] if s["phase"] not in measured}
   merged["skipped"] = list(skipped.values())
   merged["settings"]["invocations"] = len(parts)
@@ -539,11 +569,12 @@ def render_rows(raw: dict) -> list[tuple[str, str, str, str]]:
       fp32 = raw["train"][key.replace(" bf16 ", " fp32 ")]["train"]
       rows.append(("bf16 vs fp32", key.replace(" bf16", ""), _ratio(r["train"], fp32),
                    "train step, same batch"))
-  lever = raw.get("dwt_lever")
-  if lever:
-    rows.append(("train", f"resnet18 wa fp32 b{lever['batch']}: two-tap vs conv DWT",
-                 f"{lever['two_tap']:,.0f} vs {lever['conv']:,.0f} img/s",
-                 f"two-tap is {_ratio(lever['two_tap'], lever['conv'])} (windows interleaved)"))
+  for key, (_, label, (lever, ablation), _) in CODE_LEVERS.items():
+    if key in raw:
+      r = raw[key]
+      rows.append(("train", f"resnet18 wa fp32 b{r['batch']}: {label}",
+                   f"{r[lever]:,.0f} vs {r[ablation]:,.0f} img/s",
+                   f"{_ratio(r[lever], r[ablation])} (windows interleaved)"))
   bandwidth = raw.get("bandwidth_bytes_per_s")
   for shape, s in raw["dwt"].items():
     floor = s["bytes"] / bandwidth
@@ -751,6 +782,9 @@ def run_suite(args) -> dict:
       results.phase(clock, f"xla flags: {name}", train_estimate() + 10,
                     lambda name=name, flags=flags: bench_xla_flags(
                         results, name, flags, batch, steps, windows, clock.left()))
+    key = "replica_lever"
+    results.phase(clock, CODE_LEVERS[key][0], 2 * train_estimate(),
+                  lambda: bench_code_lever(results, key, batch, steps, windows))
   # 7. The rest of the table while time remains.
   if not q and "rest" in phases:
     # mobilenetv2 (its compile alone takes over a minute on a GPU) comes last.
@@ -763,8 +797,9 @@ def run_suite(args) -> dict:
     for arch, attention, half, b in rest:
       train_phase(arch, attention, half, b)
   if "rest" in phases:
-    results.phase(clock, "dwt lever (two-tap vs conv in the train step)",
-                  2 * train_estimate(), lambda: bench_dwt_lever(results, batch, steps, windows))
+    key = "dwt_lever"
+    results.phase(clock, CODE_LEVERS[key][0], 2 * train_estimate(),
+                  lambda: bench_code_lever(results, key, batch, steps, windows))
   raw["total_seconds"] = clock.elapsed()
   results.save()
   return raw

@@ -181,3 +181,23 @@ def test_visualize_chooses_the_replica(runs, random_folder):
   with pytest.raises(ValueError, match="replica 2 is not in the run.*num_seeds=2"):
     restore.restore_checkpoint(config, both_dir, replica=2)
   assert cli.main(["wacnn_jax", "visualize", "--workdir", both_dir, "--replica=2"]) == 1
+
+
+def _conv(w, x):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_map_replicas_equals_vmap_and_runs_one_replica_unbatched(replicas):
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=(replicas, 3, 3, 4, 8)).astype(np.float32)
+  x = rng.normal(size=(replicas, 2, 8, 8, 4)).astype(np.float32)
+  out = steps.map_replicas(_conv, w, x)
+  assert out.shape == (replicas, 2, 8, 8, 8)
+  np.testing.assert_allclose(out, jax.vmap(_conv)(w, x), rtol=1e-5, atol=1e-5)
+  program = str(jax.make_jaxpr(lambda w, x: steps.map_replicas(_conv, w, x))(w, x))
+  if replicas == 1:  # the single-model program: no grouped convolution, no transposes
+    assert "feature_group_count=1" in program and "transpose" not in program
+  else:
+    assert f"feature_group_count={replicas}" in program

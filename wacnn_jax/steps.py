@@ -10,8 +10,8 @@ many steps under `lax.scan` (`train_steps`) or evaluates many batches
 
 Replicas: every state array has a leading replica axis R (after the device
 axis, under pmap: (devices, R, ...)); `train_steps` and `eval_batches` are
-vmapped over it, and the collectives over the pmap axis inside the vmap stay
-per replica.
+vmapped over it (`map_replicas`; one replica runs unbatched), and the
+collectives over the pmap axis inside the vmap stay per replica.
 
 Divergence: every step also reports whether it diverged (`DIVERGED_LOSS`), a
 flag computed on the device and read with the epoch's other metrics.
@@ -55,6 +55,21 @@ def cross_entropy(logits, labels):
   """Per-example cross-entropy (N,), computed in float32."""
   return optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), labels)
+
+
+def map_replicas(fn, *trees):
+  """`jax.vmap(fn)(*trees)` over the leading replica axis R of every leaf.
+
+  With R == 1 the axis is dropped and `fn` runs unbatched (its outputs get
+  the axis back), so a single-seed run compiles exactly the unbatched
+  program: vmap batches each convolution over the replicas' weights as a
+  grouped convolution, which in resnet18-WA's train step adds 474 transposes
+  to the lowered program even at R == 1.
+  """
+  if jax.tree.leaves(trees[0])[0].shape[0] == 1:
+    outputs = fn(*jax.tree.map(lambda x: x[0], trees))
+    return jax.tree.map(lambda x: x[None], outputs)
+  return jax.vmap(fn)(*trees)
 
 
 def scan(body, carry, xs, *, unroll: bool):
@@ -128,7 +143,7 @@ def train_steps(state, train_images, train_labels, indices, *, unroll: bool = Fa
 
     return scan(body, state, replica_indices, unroll=unroll)
 
-  return jax.vmap(replica_steps)(state, indices)
+  return map_replicas(replica_steps, state, indices)
 
 
 def eval_batches(state, images, labels, mask, *, num_classes: int,
@@ -142,9 +157,9 @@ def eval_batches(state, images, labels, mask, *, num_classes: int,
   top-1/top-5 hits, count, and the confusion matrix (true class rows x
   predicted columns).
   """
-  return jax.vmap(functools.partial(
+  return map_replicas(functools.partial(
       _eval_replica, images=images, labels=labels, mask=mask, num_classes=num_classes,
-      compute_dtype=compute_dtype, transform=transform, unroll=unroll))(state)
+      compute_dtype=compute_dtype, transform=transform, unroll=unroll), state)
 
 
 def _eval_replica(state, *, images, labels, mask, num_classes, compute_dtype,
