@@ -46,7 +46,6 @@ numbers are not GPU figures.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import glob
 import gzip
@@ -60,6 +59,7 @@ import subprocess
 import sys
 import time
 import traceback
+from unittest import mock
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -150,37 +150,19 @@ def median_rate(run, items: int, windows: int) -> float:
   return statistics.median(rates)
 
 
-@contextlib.contextmanager
-def dwt_through_conv():
-  """Ablation: trace models with the general conv DWT even for haar (the pre-two-tap path)."""
-  two_tap = wavelets.dwt2
-  wavelets.dwt2 = wavelets.dwt2_conv
-  try:
-    yield
-  finally:
-    wavelets.dwt2 = two_tap
-
-
-@contextlib.contextmanager
-def one_replica_vmapped():
-  """Ablation: trace the step vmapped over a single replica too (the pre-squeeze path)."""
-  map_replicas = steps.map_replicas
-  steps.map_replicas = lambda fn, *trees: jax.vmap(fn)(*trees)
-  try:
-    yield
-  finally:
-    steps.map_replicas = map_replicas
-
-
 # Code levers, each measured against its ablation in one process, windows
 # interleaved: results key -> (phase name, row label, (lever, ablation) names,
-# the ablation's context manager).
+# the ablation: a context manager in which the step is traced the old way).
 CODE_LEVERS = {
+    # The general conv DWT even for haar (the pre-two-tap path).
     "dwt_lever": ("dwt lever (two-tap vs conv in the train step)", "two-tap vs conv DWT",
-                  ("two_tap", "conv"), dwt_through_conv),
+                  ("two_tap", "conv"),
+                  lambda: mock.patch.object(wavelets, "dwt2", wavelets.dwt2_conv)),
+    # A single replica vmapped too (the path before `steps.map_replicas`).
     "replica_lever": ("replica lever (one replica unbatched vs vmapped)",
                       "one replica unbatched vs vmapped", ("unbatched", "vmapped"),
-                      one_replica_vmapped),
+                      lambda: mock.patch.object(steps, "map_replicas",
+                                                lambda fn, *trees: jax.vmap(fn)(*trees))),
 }
 
 
@@ -722,6 +704,10 @@ def run_suite(args) -> dict:
     if ok and replicas == 1:
       estimate[arch] = max(estimate.get(arch, 0.0), time.perf_counter() - start)
 
+  def code_lever_phase(key):
+    results.phase(clock, CODE_LEVERS[key][0], 2 * train_estimate(),
+                  lambda: bench_code_lever(results, key, batch, steps, windows))
+
   def bandwidth():
     raw["bandwidth_bytes_per_s"] = measured_bandwidth(q)
   if phases & {"dwt", "rest"}:
@@ -782,9 +768,7 @@ def run_suite(args) -> dict:
       results.phase(clock, f"xla flags: {name}", train_estimate() + 10,
                     lambda name=name, flags=flags: bench_xla_flags(
                         results, name, flags, batch, steps, windows, clock.left()))
-    key = "replica_lever"
-    results.phase(clock, CODE_LEVERS[key][0], 2 * train_estimate(),
-                  lambda: bench_code_lever(results, key, batch, steps, windows))
+    code_lever_phase("replica_lever")
   # 7. The rest of the table while time remains.
   if not q and "rest" in phases:
     # mobilenetv2 (its compile alone takes over a minute on a GPU) comes last.
@@ -797,9 +781,7 @@ def run_suite(args) -> dict:
     for arch, attention, half, b in rest:
       train_phase(arch, attention, half, b)
   if "rest" in phases:
-    key = "dwt_lever"
-    results.phase(clock, CODE_LEVERS[key][0], 2 * train_estimate(),
-                  lambda: bench_code_lever(results, key, batch, steps, windows))
+    code_lever_phase("dwt_lever")
   raw["total_seconds"] = clock.elapsed()
   results.save()
   return raw
