@@ -329,6 +329,44 @@ def record_invocation(workdir: str, invocation: dict) -> None:
   workdirs.write_atomically(path, json.dumps(invocations + [invocation], indent=1))
 
 
+def _epochs(workdir: str) -> int:
+  trained = read_run(workdir)
+  return trained[0].epochs if trained else 0
+
+
+def record_run(ended: run_pool.Ended, device: str, epochs_before: int, concurrent: int,
+               xla_flags: str) -> int:
+  """Records a run that ended in its reproduce.json; returns the epochs it has now."""
+  epochs = _epochs(ended.job.workdir)
+  record_invocation(ended.job.workdir, {
+      "device": device, "outcome": ended.outcome, "wall_seconds": ended.wall_seconds,
+      "date": time.strftime("%Y-%m-%d %H:%M:%S"), "epochs_before": epochs_before,
+      "epochs_after": epochs, "concurrent": concurrent, "alone_seconds": ended.alone_seconds,
+      "xla_flags": xla_flags})
+  return epochs
+
+
+def train_one(command: list[str], workdir: str, seconds: float | None, device: str,
+              env: dict[str, str] | None = None) -> str:
+  """Runs one training until it ends or `seconds` pass; returns 'finished' / 'stopped' / 'failed'.
+
+  Its output is appended to `workdir`/train.log and the invocation to
+  `workdir`/reproduce.json; `env` adds to this process's environment. (A
+  single run outside a grid, e.g. the benchmark suite's full run.)
+  """
+  pool = run_pool.RunPool(1, run_pool.child_environment({**os.environ, **(env or {})}, 1),
+                          cwd=REPO_ROOT)
+  epochs_before = _epochs(workdir)
+  pool.start(run_pool.Job(workdir, workdir, tuple(command)))
+  try:
+    ended, = pool.wait(None if seconds is None else time.time() + seconds)
+  except BaseException:
+    pool.stop_all()
+    raise
+  record_run(ended, device, epochs_before, 1, "")
+  return ended.outcome
+
+
 def _folder_mb(path: str) -> float:
   return sum(os.path.getsize(os.path.join(root, name))
              for root, _, names in os.walk(path) for name in names) / 2**20
@@ -514,11 +552,6 @@ def _label(cell: Cell, seeds: range) -> str:
           f"{cell.name} seeds {seeds.start}-{seeds[-1]}")
 
 
-def _epochs(workdir: str) -> int:
-  trained = read_run(workdir)
-  return trained[0].epochs if trained else 0
-
-
 def reproduce(table: str, archs: Sequence[str], attentions: Sequence[str], seeds: int,
               data: str, results: str = "results", budget: float | None = None,
               overrides: Sequence[str] = (), min_run_seconds: float = 60.0,
@@ -536,14 +569,9 @@ def reproduce(table: str, archs: Sequence[str], attentions: Sequence[str], seeds
 
   def record(ended: run_pool.Ended) -> None:
     workdir = ended.job.workdir
+    epochs = record_run(ended, device, epochs_before[workdir], concurrent, xla_flags)
+    print(f"{ended.job.label}: {ended.outcome}, {epochs} epochs", flush=True)
     trained = read_run(workdir)
-    record_invocation(workdir, {
-        "device": device, "outcome": ended.outcome, "wall_seconds": ended.wall_seconds,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "epochs_before": epochs_before[workdir],
-        "epochs_after": trained[0].epochs if trained else 0, "concurrent": concurrent,
-        "alone_seconds": ended.alone_seconds, "xla_flags": xla_flags})
-    print(f"{ended.job.label}: {ended.outcome}, {trained[0].epochs if trained else 0} epochs",
-          flush=True)
     if trained and all(r.complete for r in trained):
       prune_checkpoints(workdir, keep_checkpoints_mb)
 
