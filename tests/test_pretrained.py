@@ -1,4 +1,4 @@
-"""`wacnn_jax.pretrained`: the smoke runs' weights exported, loaded back exactly, refused when damaged."""
+"""`wacnn_jax.pretrained`: smoke runs' weights exported, loaded back exactly, refused if damaged."""
 
 import dataclasses
 import hashlib

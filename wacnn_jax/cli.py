@@ -411,12 +411,12 @@ def _run_export(fv: flags.FlagValues, args: list[str]) -> int:
 COMMANDS = {
     "train": Command("Train (and evaluate every epoch) a config in a workdir; resumes.",
                      _define_train, _run_train),
-    "evaluate": Command("Evaluate a checkpoint of a workdir, optionally under noise.",
-                        _define_evaluate, _run_evaluate),
+    "evaluate": Command("Evaluate a checkpoint of a workdir, or trained weights, optionally "
+                        "under noise.", _define_evaluate, _run_evaluate),
     "report": Command("Compare training runs: a markdown table and training curves.",
                       _define_report, _run_report, positional="WORKDIR ..."),
-    "visualize": Command("Attention maps of a WA run's checkpoint next to a baseline run.",
-                         _define_visualize, _run_visualize),
+    "visualize": Command("Attention maps of a WA run's checkpoint (or trained weights) next "
+                         "to a baseline.", _define_visualize, _run_visualize),
     "reproduce": Command("Train the paper's comparison grid and write its results tables.",
                          _define_reproduce, _run_reproduce),
     "export": Command("Write a run's trained weights (no optimiser state) for "

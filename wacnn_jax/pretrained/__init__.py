@@ -34,7 +34,8 @@ import ml_collections
 from wacnn_jax import input_pipeline
 from wacnn_jax import train
 from wacnn_jax.pretrained import weights
-from wacnn_jax.pretrained.weights import WeightsError, WeightsRecord  # pylint: disable=unused-import
+from wacnn_jax.pretrained.weights import WeightsError  # pylint: disable=unused-import
+from wacnn_jax.pretrained.weights import WeightsRecord
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shipped")
 # The folder in a training workdir where `reproduce` keeps a finished run's final weights.
