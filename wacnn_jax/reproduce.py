@@ -343,6 +343,10 @@ def reproduce(table: str, archs: Sequence[str], attentions: Sequence[str], seeds
       if outcome == "failed":
         raise RuntimeError(f"the run in {workdir} failed; see {workdir}/train.log")
       if trained and all(r.complete for r in trained):
+        if _folder_mb(os.path.join(workdir, "checkpoints")) >= keep_checkpoints_mb:
+          # To be deleted: the final weights stay, in <workdir>/weights/ (not a large model's).
+          from wacnn_jax.pretrained import export  # pylint: disable=g-import-not-at-top
+          export.keep_final_weights(workdir)
         prune_checkpoints(workdir, keep_checkpoints_mb)
       runs = write_results(results, table, cells, seeds)
       if outcome == "stopped":
