@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from wacnn_jax import compilation_cache
 from wacnn_jax import input_pipeline
 from wacnn_jax import parallel
 from wacnn_jax import restore
@@ -302,6 +303,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   options = options if options is not None else default_options()
   train.validate_config(config)
+  compilation_cache.enable(config.get("compilation_cache_dir"))
   pairs = noise_sweep(options) if options.noise else []  # validate first
   parallel.initialize_distributed(config)
   restored = restore.restore_checkpoint(config, workdir, step=options.step, dataset=dataset)
