@@ -172,6 +172,7 @@ def write(file_path: str, identity: dict, dataset: input_pipeline.Dataset) -> No
         np.save(f, array, allow_pickle=False)
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(temporary, 0o644)  # as a plain open() would create it (mkstemp: 0600)
     os.replace(temporary, file_path)
   except BaseException:
     os.remove(temporary)
