@@ -33,6 +33,7 @@ from ml_collections import config_flags
 
 from wacnn_jax import attention
 from wacnn_jax import checkpointing
+from wacnn_jax import compilation_cache
 from wacnn_jax import epochs
 from wacnn_jax import evaluate
 from wacnn_jax import input_pipeline
@@ -356,6 +357,9 @@ def _define_reproduce(fv: flags.FlagValues, argv: list[str]) -> None:
                      "Keep a finished run's checkpoints when they total less.", flag_values=fv)
   flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every run (repeatable).",
                             flag_values=fv)
+  flags.DEFINE_string("compilation_cache_dir", compilation_cache.default_dir(),
+                      "Every run's compilation_cache_dir: compiled programs kept here are "
+                      "reused by the next runs; '' = off.", flag_values=fv)
 
 
 def _run_reproduce(fv: flags.FlagValues, args: list[str]) -> int:
@@ -368,8 +372,10 @@ def _run_reproduce(fv: flags.FlagValues, args: list[str]) -> int:
                   for spec in attention.split_top_level(fv.attentions)]
   except ValueError as e:
     _exit_with_usage_error(f"--attentions: {e}")
+  # Every run gets --config.compilation_cache_dir; a --set of it comes later and wins.
+  overrides = [f"compilation_cache_dir={fv.compilation_cache_dir}", *fv.set]
   return _print_error(lambda: reproduce.run_grid(
-      fv.table, fv.archs, attentions, fv.seeds, fv.data, fv.results, fv.budget, fv.set,
+      fv.table, fv.archs, attentions, fv.seeds, fv.data, fv.results, fv.budget, overrides,
       fv.min_run_seconds, fv.keep_checkpoints_mb, fv.seeds_per_run))
 
 

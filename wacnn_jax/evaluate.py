@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from wacnn_jax import compilation_cache
 from wacnn_jax import input_pipeline
 from wacnn_jax import parallel
 from wacnn_jax import pretrained
@@ -335,6 +336,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   options = options if options is not None else default_options()
   train.validate_config(config)
+  compilation_cache.enable(config.get("compilation_cache_dir"))
   pairs = noise_sweep(options) if options.noise else []  # validate first
   parallel.initialize_distributed(config)
   restored = restore.restore_checkpoint(config, workdir, step=options.step, dataset=dataset)
