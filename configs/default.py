@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   # A folder <root>/{train,test}/<label>/*.jpg|png, or a .tar.gz of one; when
   # set, it is used instead of tfds.
   config.data.image_folder = ml_collections.config_dict.placeholder(str)
+  # Where an image folder's decoded uint8 splits are cached, so that later runs
+  # skip decoding (wacnn_jax.dataset_cache); unset = $XDG_CACHE_HOME/wacnn_jax/datasets
+  # (~/.cache/wacnn_jax/datasets), '' = no cache. tfds datasets are not cached.
+  config.data.cache_dir = ml_collections.config_dict.placeholder(str)
   config.data.download = True  # let tfds download and prepare when missing
   config.data.train_split = "train"
   config.data.test_split = "test"
@@ -59,6 +63,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.schedule.warmup_learning_rate = 0.01
 
   config.half_precision = False  # bfloat16 compute, float32 parameters
+  # JAX's persistent compilation cache: compiled programs are kept in this folder
+  # and later runs load them instead of compiling (wacnn_jax.compilation_cache);
+  # '' = off (JAX_COMPILATION_CACHE_DIR, if set, still applies). `reproduce`
+  # turns it on: ~/.cache/wacnn_jax/xla.
+  config.compilation_cache_dir = ""
   config.checkpoint_every_epochs = 1
   config.keep_checkpoints = 3  # the latest few; the best one is kept as well
   config.log_every_steps = 50  # TensorBoard train-loss scalars

@@ -20,6 +20,15 @@ SHARED_DATA = os.environ.get("WACNN_JAX_SHARED_DATA",
                              os.path.join(helpers.REPO_ROOT, "..", "shared", "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache_folder(tmp_path_factory):
+  """XDG_CACHE_HOME of the session and its child processes: decoded datasets (the default
+  `data.cache_dir`) are cached in a session folder, not in the user's ~/.cache."""
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache_home")))
+    yield
+
+
 @pytest.fixture(scope="session")
 def subprocess_env(tmp_path_factory):
   """Environment for tests' child processes: one persistent XLA compile cache per test session."""

@@ -112,7 +112,10 @@ def test_noise_sweep(evaluated_wa_run):
                         ("blur", 2.0)]
   zero = rows[("gaussian", 0.0)]
   assert zero["accuracy"] == result["accuracy"]  # exactly
-  assert zero["loss"] == result["loss"] and zero["top5_accuracy"] == result["top5_accuracy"]
+  assert zero["top5_accuracy"] == result["top5_accuracy"]
+  # The sweep's program differs from the clean evaluation's, so XLA may sum the loss
+  # in another order: equal to float32 rounding.
+  assert zero["loss"] == pytest.approx(result["loss"], rel=1e-6)
   assert "noise robustness" in printed and "salt_pepper" in printed
   assert "uint8" in result["noise_convention"]
   for key in (("gaussian", 0.5), ("salt_pepper", 0.3), ("blur", 2.0)):

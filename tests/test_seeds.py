@@ -17,8 +17,10 @@ from wacnn_jax import restore
 from wacnn_jax import evaluate
 from wacnn_jax import report
 from wacnn_jax import epochs
+from wacnn_jax import pretrained
 from wacnn_jax import steps
 from wacnn_jax import train
+from wacnn_jax.pretrained import export
 
 # Replica k and the single run of seed k agree up to float reordering, not bit
 # for bit: vmapping the convolutions over R (grouped convolutions) sums in
@@ -181,6 +183,18 @@ def test_visualize_chooses_the_replica(runs, random_folder):
   with pytest.raises(ValueError, match="replica 2 is not in the run.*num_seeds=2"):
     restore.restore_checkpoint(config, both_dir, replica=2)
   assert cli.main(["wacnn_jax", "visualize", "--workdir", both_dir, "--replica=2"]) == 1
+
+
+def test_export_writes_one_model_per_replica(runs, tmp_path):
+  both_dir, both = runs["both"]
+  paths = export.export(both_dir, str(tmp_path), name="r18")
+  assert [os.path.basename(p) for p in paths] == ["r18-seed0.json", "r18-seed1.json"]
+  finals = [r["test_accuracy"] for r in metrics(both_dir) if r["epoch"] == 2]
+  for k, path in enumerate(paths):
+    net = pretrained.load(path)
+    assert (net.record.seed, net.record.test_top1_final) == (k, finals[k])
+    np.testing.assert_array_equal(net.variables["params"]["classifier"]["kernel"],
+                                  both.params["classifier"]["kernel"][k])
 
 
 def _conv(w, x):

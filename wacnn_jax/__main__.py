@@ -1,4 +1,4 @@
-"""`python -m wacnn_jax {train,evaluate,report,visualize,reproduce} [--flag=value ...]`; see `cli`."""
+"""`python -m wacnn_jax {train,evaluate,report,visualize,reproduce,export} [--flag=value ...]`; see `cli`."""
 
 import sys
 

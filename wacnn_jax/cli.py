@@ -2,9 +2,12 @@
 
     python -m wacnn_jax train --config configs/default.py --workdir W [--config.a.b=v ...]
     python -m wacnn_jax evaluate --workdir W [--config F] [--eval.noise=True ...]
+    python -m wacnn_jax evaluate --pretrained NAME_OR_PATH [--image_folder F] [--eval.noise=True]
     python -m wacnn_jax report W1 W2 ... [--out DIR]
     python -m wacnn_jax visualize --workdir W [--baseline W0] [--out PNG]
+    python -m wacnn_jax visualize --pretrained NAME [--baseline_pretrained NAME0] [--out PNG]
     python -m wacnn_jax reproduce --data D [--table cifar10] [--budget S ...]
+    python -m wacnn_jax export --workdir W --out DIR [--which final|best | --step N]
 
 `run_train.py --config ... --workdir ...` is `train`. Every command takes
 absl `--flag=value` flags (`--helpfull` lists them); a bad command line is
@@ -30,20 +33,23 @@ from ml_collections import config_flags
 
 from wacnn_jax import attention
 from wacnn_jax import checkpointing
+from wacnn_jax import compilation_cache
 from wacnn_jax import epochs
 from wacnn_jax import evaluate
 from wacnn_jax import input_pipeline
+from wacnn_jax import pretrained
 from wacnn_jax import report
 from wacnn_jax import reproduce
 from wacnn_jax import restore
 from wacnn_jax import train
 from wacnn_jax import visualize
 from wacnn_jax import workdirs
+from wacnn_jax.pretrained import export
 
 # Errors that describe a problem with the user's input: shown as one message.
 USER_ERRORS = (ValueError, FileNotFoundError, input_pipeline.DatasetError,
                checkpointing.CheckpointError, workdirs.WorkdirError,
-               epochs.DivergenceError)
+               epochs.DivergenceError, pretrained.WeightsError)
 
 
 # INFO records of these libraries (Orbax's ~40 lines per checkpoint save, JAX's
@@ -225,8 +231,14 @@ def _run_train(fv: flags.FlagValues, args: list[str]) -> int:
 
 
 def _define_evaluate(fv: flags.FlagValues, argv: list[str]) -> None:
-  flags.DEFINE_string("workdir", None, "Workdir of a training run.", flag_values=fv,
-                      required=True)
+  flags.DEFINE_string("workdir", None, "Workdir of a training run.", flag_values=fv)
+  flags.DEFINE_string("pretrained", None, "Instead of --workdir: trained weights, a shipped "
+                      "model's name or the path of exported ones (wacnn_jax.pretrained.load); "
+                      "evaluated on the test split of their dataset, nothing is written.",
+                      flag_values=fv)
+  flags.DEFINE_string("image_folder", None, "Overrides data.image_folder: the test images, an "
+                      "image folder or archive (with --pretrained, default: tensorflow-datasets).",
+                      flag_values=fv)
   config_flags.DEFINE_config_file(
       "config", None, "Config file with get_config() (default: the run's config.json).",
       flag_values=fv, lock_config=True, sys_argv=argv)
@@ -238,11 +250,35 @@ def _define_evaluate(fv: flags.FlagValues, argv: list[str]) -> None:
       flag_values=fv, lock_config=True, sys_argv=argv)
 
 
+def _one_model(fv: flags.FlagValues, workdir_flag: str, weights_flag: str,
+               required: bool = True) -> None:
+  """A usage error unless one of the two flags is given (or, not `required`, at most one)."""
+  given = [name for name in (workdir_flag, weights_flag) if fv[name].value]
+  if len(given) > 1:
+    _exit_with_usage_error(f"give --{workdir_flag} or --{weights_flag}, not both.")
+  if required and not given:
+    _exit_with_usage_error(f"give --{workdir_flag} (a training run) or --{weights_flag} "
+                           "(trained weights).")
+
+
 def _run_evaluate(fv: flags.FlagValues, args: list[str]) -> int:
   del args
+  _one_model(fv, "workdir", "pretrained")
+  if fv.pretrained:
+    if fv.config is not None:
+      _exit_with_usage_error("--config describes a training run; with --pretrained the model "
+                             "comes from the weights (give the test images with --image_folder).")
+
+    def run_pretrained() -> int:
+      evaluate.evaluate_pretrained(fv.pretrained, fv.eval, image_folder=fv.image_folder)
+      return 0
+
+    return _print_error(run_pretrained)
 
   def run():
     config = fv.config if fv.config is not None else restore.load_config(fv.workdir)
+    if fv.image_folder:
+      config.data.image_folder = fv.image_folder
     evaluate.evaluate_checkpoint(config, fv.workdir, fv.eval)
 
   return report_user_errors(fv.workdir, run)
@@ -261,12 +297,16 @@ def _run_report(fv: flags.FlagValues, args: list[str]) -> int:
 
 def _define_visualize(fv: flags.FlagValues, argv: list[str]) -> None:
   del argv
-  flags.DEFINE_string("workdir", None, "Workdir of a training run with WA.", flag_values=fv,
-                      required=True)
+  flags.DEFINE_string("workdir", None, "Workdir of a training run with WA.", flag_values=fv)
+  flags.DEFINE_string("pretrained", None, "Instead of --workdir: trained WA weights, a shipped "
+                      "model's name or the path of exported ones.", flag_values=fv)
   flags.DEFINE_string("baseline", None, "Workdir of the same network without WA.",
                       flag_values=fv)
+  flags.DEFINE_string("baseline_pretrained", None, "Instead of --baseline: trained weights of "
+                      "the same network without WA.", flag_values=fv)
   flags.DEFINE_integer("images", 4, "How many test images (one per class).", flag_values=fv)
-  flags.DEFINE_string("image_folder", None, "Overrides data.image_folder of the runs.",
+  flags.DEFINE_string("image_folder", None, "Overrides data.image_folder of the runs (with "
+                      "--pretrained, default: the weights' dataset from tensorflow-datasets).",
                       flag_values=fv)
   flags.DEFINE_integer("replica", 0, "Which replica of a run trained with num_seeds > 1: "
                        "K is the one of seed seed + K.", flag_values=fv)
@@ -280,9 +320,18 @@ def _define_visualize(fv: flags.FlagValues, argv: list[str]) -> None:
 
 def _run_visualize(fv: flags.FlagValues, args: list[str]) -> int:
   del args
+  _one_model(fv, "workdir", "pretrained")
+  _one_model(fv, "baseline", "baseline_pretrained", required=False)
+  for replica_flag, weights_flag in (("replica", "pretrained"),
+                                     ("baseline_replica", "baseline_pretrained")):
+    if fv[replica_flag].value and fv[weights_flag].value:
+      _exit_with_usage_error(f"--{replica_flag} picks a replica of a workdir; --{weights_flag} "
+                             "is one model.")
   return _print_error(lambda: visualize.save_attention_maps(
-      fv.workdir, baseline=fv.baseline, images=fv.images, image_folder=fv.image_folder,
-      replica=fv.replica, baseline_replica=fv.baseline_replica, out=fv.out, dpi=fv.dpi))
+      fv.workdir, pretrained_weights=fv.pretrained, baseline=fv.baseline,
+      baseline_pretrained=fv.baseline_pretrained, images=fv.images,
+      image_folder=fv.image_folder, replica=fv.replica, baseline_replica=fv.baseline_replica,
+      out=fv.out, dpi=fv.dpi))
 
 
 def _define_reproduce(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -310,6 +359,9 @@ def _define_reproduce(fv: flags.FlagValues, argv: list[str]) -> None:
                      "Keep a finished run's checkpoints when they total less.", flag_values=fv)
   flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every run (repeatable), "
                             "after the reference's batch_size=256.", flag_values=fv)
+  flags.DEFINE_string("compilation_cache_dir", compilation_cache.default_dir(),
+                      "Every run's compilation_cache_dir: compiled programs kept here are "
+                      "reused by the next runs; '' = off.", flag_values=fv)
   flags.DEFINE_integer("concurrent", 1, "Runs trained at the same time, as separate processes "
                        "sharing the machine's GPU memory and CPU cores.", lower_bound=1,
                        flag_values=fv)
@@ -328,28 +380,67 @@ def _run_reproduce(fv: flags.FlagValues, args: list[str]) -> int:
                   for spec in attention.split_top_level(fv.attentions)]
   except ValueError as e:
     _exit_with_usage_error(f"--attentions: {e}")
+  # Every run gets --config.compilation_cache_dir; a --set of it comes later and wins.
+  overrides = [f"compilation_cache_dir={fv.compilation_cache_dir}", *fv.set]
   try:
     reproduce.run_config(reproduce.run_command(reproduce.Cell(fv.archs[0], attentions[0]),
-                                               range(1), fv.table, "tfds", "", fv.set))
+                                               range(1), fv.table, "tfds", "", overrides))
   except ValueError as e:
     _exit_with_usage_error(f"--set {e}")
   return _print_error(lambda: reproduce.run_grid(
-      fv.table, fv.archs, attentions, fv.seeds, fv.data, fv.results, fv.budget, fv.set,
+      fv.table, fv.archs, attentions, fv.seeds, fv.data, fv.results, fv.budget, overrides,
       fv.min_run_seconds, fv.keep_checkpoints_mb, fv.seeds_per_run, fv.concurrent,
       fv.xla_flags))
+
+
+def _define_export(fv: flags.FlagValues, argv: list[str]) -> None:
+  del argv
+  flags.DEFINE_string("workdir", None, "Workdir of a training run.", flag_values=fv,
+                      required=True)
+  flags.DEFINE_string("out", None, "Folder to write <name>.msgpack and <name>.json to.",
+                      flag_values=fv, required=True)
+  flags.DEFINE_enum("which", "final", export.WHICH, "final: the last epoch of the finished "
+                    "run; best: the checkpoint with the best test top-1 (evaluate's default).",
+                    flag_values=fv)
+  flags.DEFINE_integer("step", None, "Instead of --which: the checkpoint of this train step "
+                       "(any, also of an unfinished run).", flag_values=fv)
+  flags.DEFINE_string("name", None, "File name (default: <arch>-<attention>, e.g. resnet18-wa; "
+                      "-seed<k> is added per replica of a num_seeds > 1 run).", flag_values=fv)
+  flags.DEFINE_bool("overwrite", False, "Replace a model of the same name in --out.",
+                    flag_values=fv)
+
+
+def _run_export(fv: flags.FlagValues, args: list[str]) -> int:
+  del args
+  if fv.step is not None and fv["which"].present:
+    _exit_with_usage_error("give --which or --step, not both.")
+
+  def run() -> int:
+    for path in export.export(fv.workdir, fv.out, which=fv.which, step=fv.step, name=fv.name,
+                              overwrite=fv.overwrite):
+      record = pretrained.weights.read_record(path)
+      print(f"wrote {path} and its {os.path.basename(pretrained.weights.weights_path(path))}: "
+            f"{record.arch} + {record.attention}, seed {record.seed}, epoch {record.epoch} of "
+            f"{record.num_epochs} ({record.checkpoint}), test top-1 {record.test_top1:.4f}, "
+            f"{record.params:,} parameters")
+    return 0
+
+  return _print_error(run)
 
 
 COMMANDS = {
     "train": Command("Train (and evaluate every epoch) a config in a workdir; resumes.",
                      _define_train, _run_train),
-    "evaluate": Command("Evaluate a checkpoint of a workdir, optionally under noise.",
-                        _define_evaluate, _run_evaluate),
+    "evaluate": Command("Evaluate a checkpoint of a workdir, or trained weights, optionally "
+                        "under noise.", _define_evaluate, _run_evaluate),
     "report": Command("Compare training runs: a markdown table and training curves.",
                       _define_report, _run_report, positional="WORKDIR ..."),
-    "visualize": Command("Attention maps of a WA run's checkpoint next to a baseline run.",
-                         _define_visualize, _run_visualize),
+    "visualize": Command("Attention maps of a WA run's checkpoint (or trained weights) next "
+                         "to a baseline.", _define_visualize, _run_visualize),
     "reproduce": Command("Train the paper's comparison grid and write its results tables.",
                          _define_reproduce, _run_reproduce),
+    "export": Command("Write a run's trained weights (no optimiser state) for "
+                      "wacnn_jax.pretrained.load.", _define_export, _run_export),
 }
 
 

@@ -2,6 +2,7 @@
 
     python -m wacnn_jax evaluate --workdir DIR [--eval.step=N] [--eval.noise=True] \
         [--eval.visualize=True] [--config configs/default.py --config.x=y ...]
+    python -m wacnn_jax evaluate --pretrained NAME_OR_PATH [--image_folder F] [--eval.noise=True]
 
 `evaluate_checkpoint(config, workdir, options)` restores the best checkpoint
 (or `options.step`) of `workdir`, evaluates each of its `num_seeds` replicas
@@ -12,6 +13,9 @@ on the test split with the training loop's own evaluation
 evaluation on corrupted test images (`gaussian_stddevs`,
 `salt_pepper_amounts`, `blur_sigmas`); with `options.visualize` it saves
 attention-map figures. `default_options()` lists the options.
+`evaluate_pretrained(name_or_path, options)` does the same for trained weights
+(`wacnn_jax.pretrained.load`) on the test split of their dataset, and prints
+the results only (there is no workdir to write to).
 
 Corruptions (`gaussian_noise`, `salt_and_pepper`, `gaussian_blur`) are pure
 jittable functions `(images uint8 (b, H, W, C), key) -> uint8`, passed to
@@ -37,9 +41,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
+from wacnn_jax import compilation_cache
 from wacnn_jax import input_pipeline
 from wacnn_jax import parallel
+from wacnn_jax import pretrained
 from wacnn_jax import restore
 from wacnn_jax import steps
 from wacnn_jax import train
@@ -252,9 +259,11 @@ def format_results(result: dict) -> str:
   names = result["class_names"]
   width = max(5, min(10, max(len(n) for n in names)))
   short = [n[:width] for n in names]
+  source = (f"weights {result['pretrained']} (epoch {result.get('epoch')})"
+            if "pretrained" in result else
+            f"checkpoint {result['step']} (epoch {result.get('epoch')}) of {result['workdir']}")
   lines = [
-      f"checkpoint {result['step']} (epoch {result.get('epoch')}) of {result['workdir']}: "
-      f"{result['count']} test images of {result['dataset']}",
+      f"{source}: {result['count']} test images of {result['dataset']}",
       f"top-1 accuracy {result['accuracy']:.4f}{_plus_minus(result['accuracy_std'])}   "
       f"top-5 accuracy {result['top5_accuracy']:.4f}{_plus_minus(result['top5_accuracy_std'])}"
       f"   loss {result['loss']:.4f}{_plus_minus(result['loss_std'])}"]
@@ -282,6 +291,31 @@ def _dataset_name(config) -> str:
   return os.path.basename(str(folder).rstrip("/")) if folder else config.data.dataset
 
 
+def evaluate_replicas(config, state, dataset: input_pipeline.Dataset, seeds: Sequence[int],
+                      pairs: Sequence[tuple[str, float]], devices=None) -> dict:
+  """Evaluates the replicas (R, ...) of `state` on `dataset.test`, and on the noise `pairs`.
+
+  Returns class_names, the replicas combined (`mean_over_replicas`),
+  "replicas" (one dict per replica: replica, seed from `seeds`, and its
+  summary) and, with `pairs`, "noise" (their rows, means over the replicas)
+  and "noise_convention".
+  """
+  evaluator = Evaluator(config, state, dataset.test, dataset.num_classes, devices)
+  replicas = [{"replica": k, "seed": seed, **summary} for k, (seed, summary) in
+              enumerate(zip(seeds, evaluator()))]
+  result = {"class_names": list(dataset.class_names), **mean_over_replicas(replicas),
+            "replicas": replicas}
+  if pairs:
+    for replica, rows in zip(replicas, evaluator.sweep(pairs)):
+      replica["noise"] = rows
+    result["noise"] = [
+        {"corruption": name, "strength": strength, "count": result["count"],
+         **_averaged([replica["noise"][j] for replica in replicas])}
+        for j, (name, strength) in enumerate(pairs)]
+    result["noise_convention"] = NOISE_CONVENTION
+  return result
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         options: ml_collections.ConfigDict | None = None, *,
                         devices=None, dataset: input_pipeline.Dataset | None = None,
@@ -302,13 +336,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   options = options if options is not None else default_options()
   train.validate_config(config)
+  compilation_cache.enable(config.get("compilation_cache_dir"))
   pairs = noise_sweep(options) if options.noise else []  # validate first
   parallel.initialize_distributed(config)
   restored = restore.restore_checkpoint(config, workdir, step=options.step, dataset=dataset)
   dataset = restored.dataset
-  evaluator = Evaluator(config, restored.state, dataset.test, dataset.num_classes, devices)
-  replicas = [{"replica": k, "seed": seed, **summary} for k, (seed, summary) in
-              enumerate(zip(train.replica_seeds(config), evaluator()))]
   result = {
       "workdir": os.path.abspath(workdir),
       "step": restored.step,
@@ -316,18 +348,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       "checkpoint_test_accuracy": restored.meta.get("test_accuracy"),
       "model": config.model.to_dict(),
       "dataset": _dataset_name(config),
-      "class_names": list(dataset.class_names),
-      **mean_over_replicas(replicas),
-      "replicas": replicas,
+      **evaluate_replicas(config, restored.state, dataset, train.replica_seeds(config), pairs,
+                          devices),
   }
-  if pairs:
-    for replica, rows in zip(replicas, evaluator.sweep(pairs)):
-      replica["noise"] = rows
-    result["noise"] = [
-        {"corruption": name, "strength": strength, "count": result["count"],
-         **_averaged([replica["noise"][j] for replica in replicas])}
-        for j, (name, strength) in enumerate(pairs)]
-    result["noise_convention"] = NOISE_CONVENTION
 
   if jax.process_index() != 0:  # multi-host: every host evaluated; one writes
     return result
@@ -351,4 +374,50 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     raise workdirs.WorkdirError(
         f"cannot write the evaluation files to {workdir} ({e.strerror or e})"
         f"{'; the results are printed above' if verbose else ''}.") from e
+  return result
+
+
+# The test batch size of evaluations of trained weights (the reference's; the
+# results do not depend on it).
+PRETRAINED_EVAL_BATCH_SIZE = 100
+
+
+def evaluate_pretrained(name_or_path: str, options: ml_collections.ConfigDict | None = None,
+                        *, image_folder: str | None = None, devices=None,
+                        verbose: bool = True) -> dict:
+  """Evaluates trained weights (`pretrained.load(name_or_path)`) on the test split of their dataset.
+
+  The test images are read from `image_folder` (a folder or archive) when
+  given, else from tensorflow-datasets, and must have the classes and image
+  size the weights were trained on. Prints the results (when `verbose`) and
+  writes nothing. `options` as for `evaluate_checkpoint`, without `step` and
+  `visualize`, which need a workdir; the noise sweep draws from PRNGKey(0).
+  Returns eval.json's dict with "pretrained" (the record's path) in place of
+  "workdir", and the record's step, epoch and test top-1.
+  """
+  options = options if options is not None else default_options()
+  if options.step != -1 or options.visualize:
+    raise ValueError("eval.step and eval.visualize need a --workdir; with --pretrained, see the "
+                     "attention maps with `python -m wacnn_jax visualize --pretrained NAME`.")
+  pairs = noise_sweep(options) if options.noise else []  # validate first
+  net = pretrained.load(name_or_path)
+  dataset = pretrained.load_test_data(net, image_folder)
+  record = net.record
+  config = record.model_config()
+  config.eval_batch_size = PRETRAINED_EVAL_BATCH_SIZE
+  model = pretrained.create_model(record, axis_name=parallel.AXIS_NAME)
+  state = steps.TrainState.create(apply_fn=model.apply, tx=optax.identity(),
+                                  rng=jax.random.PRNGKey(0), **net.variables)
+  state = jax.tree.map(lambda x: jnp.asarray(x)[None], state)  # one replica (R = 1)
+  result = {
+      "pretrained": net.path,
+      "step": record.step,
+      "epoch": record.epoch,
+      "checkpoint_test_accuracy": record.test_top1,
+      "model": config.model.to_dict(),
+      "dataset": dataset.name,
+      **evaluate_replicas(config, state, dataset, [record.seed], pairs, devices),
+  }
+  if verbose:
+    print(format_results(result), flush=True)
   return result

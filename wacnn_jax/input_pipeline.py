@@ -37,6 +37,8 @@ import numpy as np
 import PIL
 from PIL import Image
 
+from wacnn_jax import dataset_cache
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -97,14 +99,15 @@ class Dataset:
 def load_dataset(data_config) -> Dataset:
   """Loads the dataset that `data_config` names (see `configs/default.py`).
 
-  Fields read: `dataset`, `data_dir`, `image_folder`, `download`,
+  Fields read: `dataset`, `data_dir`, `image_folder`, `cache_dir`, `download`,
   `train_split`, `test_split`, `max_train_examples`, `max_test_examples`.
   In a run of several processes every process reads the whole dataset.
   """
   if data_config.image_folder:
-    dataset = read_image_folder(
-        data_config.image_folder,
-        splits=(data_config.train_split, data_config.test_split))
+    dataset = dataset_cache.read_cached(  # decoded once, then read from data.cache_dir
+        read_image_folder, data_config.image_folder,
+        splits=(data_config.train_split, data_config.test_split),
+        cache_dir=data_config.get("cache_dir"))
   else:
     dataset = read_tfds(
         data_config.dataset,

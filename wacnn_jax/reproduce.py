@@ -97,9 +97,10 @@ DEFAULT_SEEDS = 4
 # --arch mobilenetv2 --attention_type wad --attention_param haar`.
 REFERENCE_SETTINGS = ("batch_size=256",)
 # Config keys in which runs of one table may differ: those that do not change
-# the result (`report.IGNORED_KEYS`), and the data's location, which differs
-# between machines that continue one grid.
-SETTINGS_IGNORED = report.IGNORED_KEYS + ("data.image_folder",)
+# the result (`report.IGNORED_KEYS`), and where the data and the caches are,
+# which differs between machines that continue one grid.
+SETTINGS_IGNORED = report.IGNORED_KEYS + ("data.image_folder", "data.cache_dir",
+                                          "compilation_cache_dir")
 # XLA's command buffers (CUDA graphs) with the epoch's `while` loop and conditionals
 # added to XLA's default set of captured commands, so that a whole scanned epoch can
 # become one graph: a value of `--xla_flags` to measure on a GPU (off until then).
@@ -139,8 +140,9 @@ class Grid:
 
   @property
   def settings(self) -> dict[str, str]:
-    """The overrides as {key: value}."""
-    return dict(o.split("=", 1) for o in self.overrides)
+    """The overrides as {key: value}, but for SETTINGS_IGNORED (e.g. where the caches are)."""
+    return {key: value for key, value in (o.split("=", 1) for o in self.overrides)
+            if key not in SETTINGS_IGNORED}
 
   @property
   def title(self) -> str:
@@ -573,6 +575,10 @@ def reproduce(table: str, archs: Sequence[str], attentions: Sequence[str], seeds
     print(f"{ended.job.label}: {ended.outcome}, {epochs} epochs", flush=True)
     trained = read_run(workdir)
     if trained and all(r.complete for r in trained):
+      if _folder_mb(os.path.join(workdir, "checkpoints")) >= keep_checkpoints_mb:
+        # To be deleted: the final weights stay, in <workdir>/weights/ (not a large model's).
+        from wacnn_jax.pretrained import export  # pylint: disable=g-import-not-at-top
+        export.keep_final_weights(workdir)
       prune_checkpoints(workdir, keep_checkpoints_mb)
 
   with run_pool.stop_on_signals(pool):

@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 
 from wacnn_jax import checkpointing
+from wacnn_jax import compilation_cache
 from wacnn_jax import epochs
 from wacnn_jax import input_pipeline
 from wacnn_jax import metrics
@@ -284,6 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   # Setup: every check that needs no data first.
   validate_config(config)
+  compilation_cache.enable(config.get("compilation_cache_dir"))
   parallel.initialize_distributed(config)
   topology = parallel.Topology.current(devices)
   topology.per_device_batch(config.batch_size)

@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from wacnn_jax import input_pipeline
+from wacnn_jax import pretrained
 from wacnn_jax import restore
 from wacnn_jax import train
 from wacnn_jax.attention import WaveletAttention
@@ -364,31 +365,46 @@ def save_model_figures(model, variables, images, labels, class_names, workdir: s
   return written
 
 
-def save_attention_maps(workdir: str, *, baseline: str | None = None, images: int = 4,
-                        image_folder: str | None = None, replica: int = 0,
+def save_attention_maps(workdir: str | None = None, *, pretrained_weights: str | None = None,
+                        baseline: str | None = None, baseline_pretrained: str | None = None,
+                        images: int = 4, image_folder: str | None = None, replica: int = 0,
                         baseline_replica: int = 0, out: str = "attention_maps.png",
                         dpi: int = 100) -> int:
-  """`python -m wacnn_jax visualize`: attention maps of `workdir`'s best checkpoint; exit code.
+  """`python -m wacnn_jax visualize`: attention maps of a WA model; the exit code.
 
-  Beside the `baseline` run's feature maps when given. One PNG per WA block
-  (`out`, or `<out>_wa<k>` with several); `image_folder` overrides the runs'
-  `data.image_folder`. Raises ValueError, CheckpointError or DatasetError.
+  The WA model is `workdir`'s best checkpoint or `pretrained_weights`
+  (`pretrained.load`: a shipped name or exported weights), beside the feature
+  maps of the baseline, `baseline`'s best checkpoint or `baseline_pretrained`,
+  when given. One PNG per WA block (`out`, or `<out>_wa<k>` with several);
+  `image_folder` overrides the runs' `data.image_folder` (the test images of
+  trained weights come from it, else from tensorflow-datasets). Raises
+  ValueError, CheckpointError, WeightsError or DatasetError.
   """
 
-  def restore_run(run_workdir, run_replica, dataset=None):
+  def open_model(run_workdir, weights, run_replica, dataset=None):
+    """(model, variables, dataset) of a workdir's best checkpoint or of trained weights."""
+    if weights is not None:
+      net = pretrained.load(weights)
+      if dataset is None:
+        dataset = pretrained.load_test_data(net, image_folder)
+      pretrained.check_dataset(net, dataset)
+      return net.model, net.variables, dataset
     config = restore.load_config(run_workdir)
     if image_folder:
       config.data.image_folder = image_folder
-    return restore.restore_checkpoint(config, run_workdir, dataset=dataset, replica=run_replica)
+    run = restore.restore_checkpoint(config, run_workdir, dataset=dataset, replica=run_replica)
+    return run.model, run.variables, run.dataset
 
-  run = restore_run(workdir, replica)
-  baseline_run = restore_run(baseline, baseline_replica, run.dataset) if baseline else None
-  chosen, labels = pick_images(run.dataset.test, images)
+  model, variables, dataset = open_model(workdir, pretrained_weights, replica)
+  base = (open_model(baseline, baseline_pretrained, baseline_replica, dataset)
+          if baseline or baseline_pretrained else None)
+  chosen, labels = pick_images(dataset.test, images)
   figures = attention_figures(
-      run.model, run.variables, chosen, labels=labels, class_names=run.dataset.class_names,
-      baseline=(baseline_run.model, baseline_run.variables) if baseline_run else None)
+      model, variables, chosen, labels=labels, class_names=dataset.class_names,
+      baseline=base[:2] if base else None)
   if not figures:
-    raise ValueError(f"the model in {workdir} has no WA blocks (model.attention is not 'wa').")
+    raise ValueError(f"the model of {workdir or pretrained_weights} has no WA blocks "
+                     "(its attention is not 'wa').")
   stem, ext = os.path.splitext(out)
   for k, (block, fig) in enumerate(figures):
     path = out if len(figures) == 1 else f"{stem}_wa{k}{ext or '.png'}"

@@ -70,14 +70,15 @@ def lock(workdir: str) -> Iterator[None]:
     os.close(fd)  # releases the lock
 
 
-def write_atomically(path: str, text: str) -> None:
-  """Replaces the file `path` by `text` in one step (temporary file + fsync + os.replace)."""
+def write_atomically(path: str, text: str | bytes) -> None:
+  """Replaces the file `path` by `text` (str, or bytes written as they are) in one step
+  (temporary file + fsync + os.replace)."""
   directory, name = os.path.split(os.path.abspath(path))
   mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else 0o644
   fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
   try:
     os.fchmod(fd, mode)  # mkstemp's 0600 would change the file's permissions
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
       f.write(text)
       f.flush()
       os.fsync(f.fileno())

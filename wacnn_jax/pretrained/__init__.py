@@ -1,0 +1,191 @@
+"""Trained models in one call: the shipped ones by name, or weights exported from a run.
+
+    from wacnn_jax import input_pipeline, pretrained
+    pretrained.list()                          # the names shipped for CIFAR-10
+    net = pretrained.load("mobilenetv2-wa", dataset="cifar10")   # or a path (below)
+    logits = net.model.apply(net.variables, input_pipeline.normalize(images), train=False)
+
+`images` are uint8 NHWC (N, 32, 32, 3) as read from disk; `input_pipeline.normalize`
+scales them to [0, 1] and standardises each channel with the CIFAR mean and
+standard deviation, as training did. Logits are float32 (N, classes), label k
+named `net.record.class_names[k]`.
+
+`load` also takes the path of weights exported from a training run
+(`python -m wacnn_jax export --workdir RUN --out DIR`, see `export`): a record
+`DIR/<name>.json` or its `DIR/<name>.msgpack`, a folder holding one exported
+model, or a finished reproduction run, whose final weights are in `<run>/weights/`.
+The format is `weights`'s. The shipped models are in `shipped/<dataset>/`
+inside the package (`shipped/README.md` says which and how they are made).
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import glob
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from wacnn_jax import input_pipeline
+from wacnn_jax import train
+from wacnn_jax.pretrained import weights
+from wacnn_jax.pretrained.weights import WeightsError  # pylint: disable=unused-import
+from wacnn_jax.pretrained.weights import WeightsRecord
+
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shipped")
+# The folder in a training workdir where `reproduce` keeps a finished run's final weights.
+RUN_WEIGHTS_FOLDER = "weights"
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+  """A trained model ready for `model.apply(variables, x, train=False)`.
+
+  `model` is the Flax module (no pmap axis; bfloat16 compute where it was
+  trained so); `variables` its {"params", "batch_stats"}; `record` what they
+  are (classes, accuracies, origin); `path` the record's file.
+  """
+
+  model: nn.Module
+  variables: dict
+  record: WeightsRecord
+  path: str
+
+  @property
+  def name(self) -> str:
+    return os.path.splitext(os.path.basename(self.path))[0]
+
+
+def find_all(folder: str) -> builtins.list[str]:
+  """The record files (<name>.json with a <name>.msgpack beside it) in `folder`, sorted."""
+  pattern = os.path.join(glob.escape(folder), "*" + weights.RECORD_SUFFIX)
+  return sorted(p for p in glob.glob(pattern) if os.path.exists(weights.weights_path(p)))
+
+
+def _names(paths) -> builtins.list[str]:
+  return [os.path.splitext(os.path.basename(p))[0] for p in paths]
+
+
+def list(dataset: str = "cifar10") -> builtins.list[str]:  # pylint: disable=redefined-builtin
+  """The names of the models shipped for `dataset` ([] for a dataset with none)."""
+  return _names(find_all(os.path.join(SHIPPED, dataset)))
+
+
+def shipped_datasets() -> builtins.list[str]:
+  """The datasets with shipped models."""
+  return sorted(d for d in os.listdir(SHIPPED) if find_all(os.path.join(SHIPPED, d)))
+
+
+def _is_path(name_or_path: str) -> bool:
+  return (os.sep in name_or_path or name_or_path.endswith(
+      (weights.RECORD_SUFFIX, weights.WEIGHTS_SUFFIX)) or os.path.exists(name_or_path))
+
+
+def _record_in_folder(folder: str) -> str:
+  """The one exported model in `folder` (or in a training run's `weights/`)."""
+  found = find_all(folder)
+  if not found and os.path.isdir(os.path.join(folder, RUN_WEIGHTS_FOLDER)):
+    return _record_in_folder(os.path.join(folder, RUN_WEIGHTS_FOLDER))
+  if len(found) == 1:
+    return found[0]
+  if found:
+    raise ValueError(f"{folder} holds {len(found)} models ({', '.join(_names(found))}); "
+                     f"name one, e.g. {found[0]}.")
+  hint = (f" It is a training workdir: export its weights first (python -m wacnn_jax export "
+          f"--workdir {folder} --out DIR), or evaluate it with --workdir."
+          if os.path.exists(os.path.join(folder, "config.json")) else "")
+  raise ValueError(f"no exported weights (<name>.json and <name>.msgpack) in {folder}.{hint}")
+
+
+def find(name_or_path: str, dataset: str = "cifar10") -> str:
+  """The record file of a shipped model's name, or of exported weights at a path.
+
+  ValueError for an unknown name (listing the shipped ones) or a path with no
+  weights.
+  """
+  if _is_path(name_or_path):
+    path = name_or_path
+    if os.path.isdir(path):
+      return _record_in_folder(path)
+    if path.endswith(weights.WEIGHTS_SUFFIX):
+      path = os.path.splitext(path)[0] + weights.RECORD_SUFFIX
+      if os.path.exists(name_or_path) and not os.path.exists(path):
+        raise ValueError(f"{name_or_path} has no record {path} beside it (export writes both).")
+    if not os.path.exists(path):
+      raise ValueError(f"no exported weights at {name_or_path}: no such file or folder.")
+    return path
+  path = os.path.join(SHIPPED, dataset, name_or_path + weights.RECORD_SUFFIX)
+  if os.path.exists(path):
+    return path
+  shipped = list(dataset)
+  others = [d for d in shipped_datasets() if d != dataset]
+  raise ValueError(
+      f"no shipped model {name_or_path!r} for {dataset}; "
+      + (f"valid names: {', '.join(shipped)}." if shipped else
+         "none is shipped for it yet (see wacnn_jax/pretrained/shipped/README.md).")
+      + (f" Models are shipped for {', '.join(others)} (dataset=...)." if others else "")
+      + " Exported weights load by path (a .json record, or its folder).")
+
+
+def create_model(record: WeightsRecord, axis_name: str | None = None) -> nn.Module:
+  """The model a record describes (`train.create_model`; `axis_name` for pmapped use)."""
+  return train.create_model(record.model_config(), record.num_classes, axis_name=axis_name)
+
+
+def abstract_variables(config, num_classes: int, image_shape) -> Any:
+  """{params, batch_stats} shapes and dtypes of `config.model`'s network (nothing is computed)."""
+  model = train.create_model(config, num_classes, axis_name=None)
+  return jax.eval_shape(lambda: train.initial_variables(model, image_shape,
+                                                        jax.random.PRNGKey(0)))
+
+
+def load(name_or_path: str, dataset: str = "cifar10") -> Pretrained:
+  """A shipped model by name (`list(dataset)`), or exported weights by path; see the module doc.
+
+  The model expects uint8 NHWC images normalised by `input_pipeline.normalize`.
+  Raises ValueError for an unknown name or a path without weights, WeightsError
+  (naming the file) for a damaged record or weights file.
+  """
+  path = find(name_or_path, dataset)
+  record = weights.read_record(path)
+  expected = abstract_variables(record.model_config(), record.num_classes, record.image_shape)
+  variables = weights.read_variables(path, record, expected)
+  return Pretrained(create_model(record), jax.tree.map(jnp.asarray, variables), record, path)
+
+
+def data_config(record: WeightsRecord,
+                image_folder: str | None = None) -> ml_collections.ConfigDict:
+  """`config.data` that reads the test split of the record's dataset, and only it.
+
+  From `image_folder` (a folder or archive) when given, else tensorflow-datasets'
+  `record.dataset`. The train split is set to the test split, so that the
+  (larger) training images are not read.
+  """
+  return ml_collections.ConfigDict({
+      "dataset": record.dataset, "data_dir": None, "image_folder": image_folder,
+      "download": True, "train_split": "test", "test_split": "test",
+      "max_train_examples": 0, "max_test_examples": 0})
+
+
+def check_dataset(net: Pretrained, dataset: input_pipeline.Dataset) -> None:
+  """ValueError when `dataset`'s classes or image size are not those the model was trained on."""
+  trained = (tuple(net.record.class_names), tuple(net.record.image_shape))
+  given = (tuple(dataset.class_names), tuple(dataset.image_shape))
+  if given != trained:
+    raise ValueError(
+        f"{net.path} was trained on {trained[1]} images of the classes "
+        f"{builtins.list(trained[0])}; the test data {dataset.name!r} has {given[1]} images "
+        f"of {builtins.list(given[0])}. Give the images of its dataset "
+        f"({net.record.dataset}, {net.record.data_source}).")
+
+
+def load_test_data(net: Pretrained, image_folder: str | None = None) -> input_pipeline.Dataset:
+  """The test split of the model's dataset (`data_config`), checked by `check_dataset`."""
+  dataset = input_pipeline.load_dataset(data_config(net.record, image_folder))
+  check_dataset(net, dataset)
+  return dataset
