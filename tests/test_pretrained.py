@@ -229,16 +229,19 @@ def test_export_of_an_unfinished_run(smoke_wa_run, tmp_path, capsys):
 def test_reproduce_keeps_final_weights_before_deleting_checkpoints(
     smoke_wa_run, cifar10_mini, tmp_path, monkeypatch, capsys):
   """The grid's hook: a finished run's final weights outlive its checkpoints, in <run>/weights/."""
-  def train_one(command, workdir, seconds, device):  # the smoke run as the grid's run
-    del command, seconds, device
-    shutil.rmtree(workdir, ignore_errors=True)
-    shutil.copytree(smoke_wa_run.workdir, workdir)
-    return "finished"
-
-  monkeypatch.setattr(reproduce, "train_one", train_one)
+  # The smoke run as the grid's run: a training program that copies it into its --workdir,
+  # in a grid with the smoke run's settings.
+  train_copy = tmp_path / "train_copy.py"
+  train_copy.write_text(
+      "import shutil, sys\nworkdir = sys.argv[sys.argv.index('--workdir') + 1]\n"
+      "shutil.rmtree(workdir, ignore_errors=True)\n"
+      f"shutil.copytree({smoke_wa_run.workdir!r}, workdir)\n")
+  monkeypatch.setattr(reproduce, "RUN_TRAIN", str(train_copy))
+  smoke = ["data.max_train_examples=512", "data.max_test_examples=256", "batch_size=64",
+           "eval_batch_size=64", "num_epochs=2", "schedule.boundaries=(1,)"]
   # Checkpoints under --keep_checkpoints_mb stay, and hold the final weights.
   small = str(tmp_path / "small")
-  reproduce.reproduce("cifar10", ["resnet18"], ["wa"], 1, cifar10_mini, small,
+  reproduce.reproduce("cifar10", ["resnet18"], ["wa"], 1, cifar10_mini, small, overrides=smoke,
                       keep_checkpoints_mb=100)
   kept = os.path.join(small, "cifar10", "resnet18-wa", "seed0")
   assert os.path.isdir(os.path.join(kept, "checkpoints"))
@@ -246,7 +249,7 @@ def test_reproduce_keeps_final_weights_before_deleting_checkpoints(
   # Deleted checkpoints: the final weights are kept first.
   results = str(tmp_path / "results")
   reproduce.reproduce("cifar10", ["resnet18"], ["wa"], 1, cifar10_mini, results,
-                      keep_checkpoints_mb=0)
+                      overrides=smoke, keep_checkpoints_mb=0)
   workdir = os.path.join(results, "cifar10", "resnet18-wa", "seed0")
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
   assert sorted(os.listdir(os.path.join(workdir, "weights"))) == [

@@ -340,12 +340,14 @@ def _define_reproduce(fv: flags.FlagValues, argv: list[str]) -> None:
                       "tensorflow-datasets.", flag_values=fv, required=True)
   flags.DEFINE_enum("table", "cifar10", ("cifar10", "cifar100"), "The dataset.",
                     flag_values=fv)
-  flags.DEFINE_list("archs", ["resnet18", "mobilenetv2", "vgg16_bn"], "Backbones.",
+  flags.DEFINE_list("archs", list(reproduce.DEFAULT_ARCHS),
+                    "Backbones, trained in this order (the headline model first).",
                     flag_values=fv)
-  flags.DEFINE_string("attentions", "none,wa",
+  flags.DEFINE_string("attentions", ",".join(reproduce.DEFAULT_ATTENTIONS),
                       "Comma-separated attention specs, e.g. none,wa,se(reduction=8).",
                       flag_values=fv)
-  flags.DEFINE_integer("seeds", 4, "Seeds per cell.", lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("seeds", reproduce.DEFAULT_SEEDS, "Seeds per cell.", lower_bound=1,
+                       flag_values=fv)
   flags.DEFINE_integer("seeds_per_run", 1, "Seeds trained at once in one run, as num_seeds "
                        "replicas (measured slower than separate runs, CPU and GPU).",
                        lower_bound=1, flag_values=fv)
@@ -355,11 +357,17 @@ def _define_reproduce(fv: flags.FlagValues, argv: list[str]) -> None:
                      "Start no run with less than this left of the budget.", flag_values=fv)
   flags.DEFINE_float("keep_checkpoints_mb", 5.0,
                      "Keep a finished run's checkpoints when they total less.", flag_values=fv)
-  flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every run (repeatable).",
-                            flag_values=fv)
+  flags.DEFINE_multi_string("set", [], "KEY=VALUE config override for every run (repeatable), "
+                            "after the reference's batch_size=256.", flag_values=fv)
   flags.DEFINE_string("compilation_cache_dir", compilation_cache.default_dir(),
                       "Every run's compilation_cache_dir: compiled programs kept here are "
                       "reused by the next runs; '' = off.", flag_values=fv)
+  flags.DEFINE_integer("concurrent", 1, "Runs trained at the same time, as separate processes "
+                       "sharing the machine's GPU memory and CPU cores.", lower_bound=1,
+                       flag_values=fv)
+  flags.DEFINE_string("xla_flags", "", "Added to the runs' XLA_FLAGS, e.g. XLA's command "
+                      "buffers with the epoch loop: "
+                      f"--xla_flags={reproduce.COMMAND_BUFFERS_WITH_LOOPS}.", flag_values=fv)
 
 
 def _run_reproduce(fv: flags.FlagValues, args: list[str]) -> int:
@@ -374,9 +382,15 @@ def _run_reproduce(fv: flags.FlagValues, args: list[str]) -> int:
     _exit_with_usage_error(f"--attentions: {e}")
   # Every run gets --config.compilation_cache_dir; a --set of it comes later and wins.
   overrides = [f"compilation_cache_dir={fv.compilation_cache_dir}", *fv.set]
+  try:
+    reproduce.run_config(reproduce.run_command(reproduce.Cell(fv.archs[0], attentions[0]),
+                                               range(1), fv.table, "tfds", "", overrides))
+  except ValueError as e:
+    _exit_with_usage_error(f"--set {e}")
   return _print_error(lambda: reproduce.run_grid(
       fv.table, fv.archs, attentions, fv.seeds, fv.data, fv.results, fv.budget, overrides,
-      fv.min_run_seconds, fv.keep_checkpoints_mb, fv.seeds_per_run))
+      fv.min_run_seconds, fv.keep_checkpoints_mb, fv.seeds_per_run, fv.concurrent,
+      fv.xla_flags))
 
 
 def _define_export(fv: flags.FlagValues, argv: list[str]) -> None:
