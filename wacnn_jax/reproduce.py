@@ -54,6 +54,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
+from wacnn_jax import record_files
+
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_TRAIN = os.path.join(REPO_ROOT, "run_train.py")
@@ -102,14 +104,11 @@ def read_run(workdir: str) -> list[SeedRun]:
   """One SeedRun per replica, from metrics.jsonl, config.json, model_summary.json and
   reproduce.json of a workdir; [] before the run has written its config."""
 
-  def load(name, default):
+  def load(name, default):  # a torn last line or file: dropped or `default`, with a warning
     path = os.path.join(workdir, name)
-    if not os.path.exists(path):
-      return default
-    with open(path) as f:
-      if name.endswith(".jsonl"):
-        return [json.loads(line) for line in f if line.strip()]
-      return json.load(f)
+    if name.endswith(".jsonl"):
+      return record_files.read_json_lines(path)
+    return record_files.read_json(path, default=default)
 
   config = load("config.json", None)
   if config is None:
