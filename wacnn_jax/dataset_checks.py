@@ -17,7 +17,8 @@ which applies, whatever the source:
   (`DatasetSummary.line`) and training writes it to `<workdir>/dataset.json`;
   the checksums are part of what a resume must match (`train.resume_identity`).
 
-NHWC throughout: images uint8 (N, H, W, 3), labels int32 (N,).
+NHWC throughout: images uint8 (N, H, W, 3), labels int32 (N,). `DatasetError`
+lives here, below every reader (`input_pipeline.DatasetError` is this class).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging as python_logging
 import os
@@ -70,23 +69,24 @@ def _innermost_function(error: BaseException) -> str | None:
   return where
 
 
-@dataclasses.dataclass
 class LibraryReports:
   """Collects library reports while installed (`with LibraryReports() as reports:`).
 
-  `texts` holds each report, its traceback included. `keep_hooks()` leaves
-  the exception hooks in place after the block (pointing at `error_log`):
-  libraries report again at interpreter exit (TensorBoard's writer flushes
-  once more in an atexit callback).
+  `texts` holds each report, its traceback included. `keep_hooks(error_log)`
+  leaves the exception hooks in place after the block, appending to
+  `error_log`: libraries report again at interpreter exit (TensorBoard's
+  writer flushes once more in an atexit callback).
   """
 
-  texts: list[str] = dataclasses.field(default_factory=list)
-  error_log: str | None = None
-  _keep: bool = False
-
-  def __enter__(self) -> "LibraryReports":
+  def __init__(self):
+    self.texts: list[str] = []
+    self._error_log: str | None = None
+    self._keep = False
     self._handler = logging.get_absl_handler()
     self._filter = _LibraryErrorFilter(self.texts)
+    self._hooks = (sys.unraisablehook, threading.excepthook)
+
+  def __enter__(self) -> "LibraryReports":
     self._handler.addFilter(self._filter)
     self._hooks = (sys.unraisablehook, threading.excepthook)
     sys.unraisablehook = self._unraisable
@@ -99,12 +99,12 @@ class LibraryReports:
       sys.unraisablehook, threading.excepthook = self._hooks
 
   def keep_hooks(self, error_log: str | None) -> None:
-    self._keep, self.error_log = True, error_log
+    self._keep, self._error_log = True, error_log
 
   def _add(self, text: str) -> None:
     self.texts.append(text)
-    if self.error_log:  # after the command: straight to its error.log
-      with contextlib.suppress(OSError), open(self.error_log, "a") as f:
+    if self._error_log:  # after the command: straight to its error.log
+      with contextlib.suppress(OSError), open(self._error_log, "a") as f:
         f.write(text)
 
   def _unraisable(self, unraisable) -> None:
