@@ -44,7 +44,8 @@ IGNORED_KEYS = ("seed", "num_seeds", "mode", "checkpoint_step", "eval", "log_eve
                 "keep_checkpoints", "checkpoint_every_epochs", "distributed",
                 "coordinator_address", "num_processes", "process_id",
                 "initialization_timeout", "heartbeat_timeout",
-                "steps_per_dispatch", "data.data_dir", "data.download")
+                "steps_per_dispatch", "data.data_dir", "data.download",
+                "data.allow_missing_classes")
 
 
 @dataclasses.dataclass
