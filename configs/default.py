@@ -41,6 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_train_examples = 0  # 0 = all; else a fixed deterministic subset
   config.data.max_test_examples = 0
   config.data.augment = True  # pad-4 random crop + horizontal flip
+  # A class without images in one split (an empty or misnamed class folder) is
+  # refused; True goes on with a warning (tfds.testing.mock_data's random labels).
+  config.data.allow_missing_classes = False
 
   config.batch_size = 128  # global, over all devices and hosts
   config.eval_batch_size = 100

@@ -1,14 +1,17 @@
-"""What a run does when things go wrong: resume, locks, kills, damaged checkpoints, bad input.
+"""What a run does when things go wrong: resume, locks, kills, signals, a full disk,
+damaged checkpoints, bad input.
 
 Most tests run `run_train.py` in a subprocess, as a user would, on the tiny
 `synthetic_folder` (18 training images, batch 6: 3 steps per epoch) and check
 the exit status, the one `error:` line on stderr and the workdir's files. The
 subprocesses share a persistent XLA compilation cache, so that only the first
-compiles the model.
+compiles the model. Signals are sent to the real process; a full disk is a
+small tmpfs (skipped where none can be mounted).
 """
 
 import asyncio
 import json
+import logging
 import os
 import re
 import shutil
@@ -16,15 +19,18 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
 from tests.helpers import REPO_ROOT
 from tests.helpers import smoke_run_config
 from wacnn_jax import checkpointing
+from wacnn_jax import cli
 from wacnn_jax import restore
 from wacnn_jax import metrics
 from wacnn_jax import train
@@ -152,11 +158,13 @@ def test_resume_with_another_batch_size_is_refused_and_a_resume_saves_on(
 @pytest.mark.parametrize("override, field", [
     ({"data.max_train_examples": 12}, "training examples (data.max_train_examples)"),
     ({"num_epochs": 3, "batch_size": 3}, "batch_size"),
+    ({"seed": 7}, "seed"),
+    ({"optimizer.momentum": 0.5, "data.augment": False}, "data.augment"),
     ("renamed classes", "class_names"),
-    ("renamed folder", "dataset"),
+    ("one test image changed", "test data sha256"),
 ])
-def test_resume_with_other_data_or_steps_is_refused(override, field, run_copy,
-                                                    synthetic_folder, tmp_path):
+def test_resume_with_other_settings_or_data_is_refused(override, field, run_copy,
+                                                      synthetic_folder, tmp_path):
   folder = synthetic_folder
   if isinstance(override, str):
     folder = str(tmp_path / "other")
@@ -164,10 +172,70 @@ def test_resume_with_other_data_or_steps_is_refused(override, field, run_copy,
     if override == "renamed classes":  # ant, bee, cat -> ant, bee, cow: still 3 classes
       for split in ("train", "test"):
         os.rename(os.path.join(folder, split, "cat"), os.path.join(folder, split, "cow"))
+    else:  # the same files but one, whose pixels differ by one level
+      path = os.path.join(folder, "test", "cat", "001.png")
+      pixels = np.asarray(Image.open(path)).copy()
+      pixels[0, 0, 0] ^= 1
+      Image.fromarray(pixels).save(path)
     override = {}
   config = smoke_run_config(folder, **{"batch_size": 6, "eval_batch_size": 6, **override})
   with pytest.raises(checkpointing.CheckpointError, match=re.escape(f"{field}: checkpoint has")):
     train.train_and_evaluate(config, run_copy)
+
+
+def test_resume_takes_the_same_data_elsewhere_and_the_resumable_settings(
+    run_copy, synthetic_folder, tmp_path, caplog):
+  """The data may move (a renamed folder, an archive of it) and RESUMABLE_FIELDS change."""
+  archive = str(tmp_path / "moved.tar.gz")
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(synthetic_folder, arcname="moved")
+  assert "optimizer.learning_rate" in train.RESUMABLE_FIELDS
+  config = smoke_run_config(archive, batch_size=6, eval_batch_size=3, checkpoint_every_epochs=2,
+                            log_every_steps=1, keep_checkpoints=5, steps_per_dispatch=2,
+                            **{"optimizer.learning_rate": 0.05})
+  caplog.set_level(logging.INFO)
+  train.train_and_evaluate(config, run_copy)  # num_epochs 2: restores, nothing to train
+  assert "Resumed from" in caplog.text and "Nothing to train" in caplog.text
+  assert "records no" not in caplog.text
+
+
+def test_a_checkpoint_without_the_new_identity_resumes(run_copy, synthetic_folder, caplog):
+  """Checkpoints of earlier versions record the model, classes and batch only: compared."""
+  for step in checkpoint_steps(run_copy):
+    path = os.path.join(run_copy, "checkpoints", str(step), "meta", "metadata")
+    meta = json.load(open(path))
+    meta.pop("records")
+    old = ("model.arch", "model.attention", "model.block", "num_seeds", "num_classes",
+           "class_names", "image_shape", "batch_size",
+           "training examples (data.max_train_examples)")
+    meta["identity"] = {k: v for k, v in meta["identity"].items() if k in old}
+    meta["identity"]["dataset"] = "random_images0"
+    with open(path, "w") as f:
+      json.dump(meta, f)
+  caplog.set_level(logging.INFO)
+  config = smoke_run_config(synthetic_folder, batch_size=6, eval_batch_size=6)
+  train.train_and_evaluate(config, run_copy)
+  assert "Resumed from" in caplog.text
+  unrecorded = re.search(r"Checkpoint 6 records no (.*) \(an older version wrote it\): these "
+                         r"are not compared", caplog.text).group(1).split(", ")
+  assert {"seed", "optimizer.momentum", "train data sha256", "test data sha256"} <= set(unrecorded)
+  assert "model.arch" not in unrecorded
+  config.model.arch = "resnet34"  # what it records is compared
+  with pytest.raises(checkpointing.CheckpointError, match="model.arch: checkpoint has 'resnet18'"):
+    train.train_and_evaluate(config, run_copy)
+
+
+def test_a_torn_metrics_line_is_written_back_on_resume(run_copy, synthetic_folder, caplog):
+  """A crash while appending epoch 2's line: a resume writes it back from checkpoint 6."""
+  path = os.path.join(run_copy, "metrics.jsonl")
+  lines = open(path).read().splitlines(keepends=True)
+  with open(path, "w") as f:
+    f.write(lines[0] + lines[1][:40])
+  train.train_and_evaluate(smoke_run_config(synthetic_folder, batch_size=6, eval_batch_size=6),
+                           run_copy)
+  assert open(path).read() == "".join(lines)
+  assert "dropped its last line, which was cut short" in caplog.text
+  assert "lacked records of epoch 2; written back from its checkpoint" in caplog.text
 
 
 def test_checkpoint_save_that_orbax_declines_is_an_error(tmp_path):
@@ -286,6 +354,109 @@ def test_truncating_metrics_replaces_the_file_in_one_step(tmp_path, monkeypatch)
 
 
 # ---------------------------------------------------------------------------
+# Signals.
+# ---------------------------------------------------------------------------
+
+
+def stop_when(command, marker, signum, subprocess_env):
+  """Runs `command`, sends `signum` once a line of its stderr holds `marker`; (status, stderr)."""
+  process = subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env, text=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  seen = []
+  for line in process.stderr:
+    seen.append(line)
+    if marker in line:
+      process.send_signal(signum)
+      break
+  rest = process.communicate(timeout=120)[1]
+  return process.returncode, "".join(seen) + rest
+
+
+def test_ctrl_c_stops_training_with_one_line_and_it_resumes_exactly(
+    tmp_path, synthetic_folder, subprocess_env, finished_run):
+  workdir = str(tmp_path / "run")
+  status, stderr = stop_when(cli_command(workdir, synthetic_folder, "--config.num_epochs=3"),
+                             "epoch   1/", signal.SIGINT, subprocess_env)
+  result = subprocess.CompletedProcess([], status, "", stderr)
+  assert_one_error_line(result, "stopped by SIGINT (Ctrl-C): training stopped. The same "
+                        "command resumes it", returncode=130)
+  assert "KeyboardInterrupt" not in stderr
+
+  result = run_cli(subprocess_env, workdir, synthetic_folder)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert epochs(workdir) == [1, 2] and checkpoint_steps(workdir) == [3, 6]
+  for a, b in zip(final_leaves(finished_run, synthetic_folder),
+                  final_leaves(workdir, synthetic_folder), strict=True):
+    assert np.array_equal(a, b)
+
+
+def test_sigterm_stops_evaluation_with_one_line(run_copy, synthetic_folder, subprocess_env):
+  status, stderr = stop_when(cli_command(run_copy, synthetic_folder, command="evaluate"),
+                             "dataset ", signal.SIGTERM, subprocess_env)
+  assert_one_error_line(subprocess.CompletedProcess([], status, "", stderr),
+                        "stopped by SIGTERM: evaluation stopped",
+                        returncode=143)
+
+
+# ---------------------------------------------------------------------------
+# A full disk.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 6 MiB tmpfs (a real file system that fills up); skips where it cannot be mounted."""
+  path = tmp_path / "disk"
+  path.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(path)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a tmpfs here (needs root in a system that allows it)")
+  yield path
+  subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill(disk, leave_kib: int) -> str:
+  """Fills `disk` up to `leave_kib` KiB with a file; returns its path."""
+  free = shutil.disk_usage(disk).free
+  path = os.path.join(disk, "filler")
+  with open(path, "wb") as f:
+    f.write(b"\0" * max(0, free - leave_kib * 1024))
+  return path
+
+
+@pytest.mark.parametrize("leave_kib, message", [
+    (40, "No space left on device ("),  # before the first checkpoint: config.json, metrics
+    (2600, "saving checkpoint 6 in"),  # checkpoint 3 fits (2.2 MiB), 6 does not
+])
+def test_a_full_disk_is_one_line(leave_kib, message, small_disk, synthetic_folder,
+                                 subprocess_env):
+  fill(small_disk, leave_kib)
+  workdir = str(small_disk / "run")
+  result = run_cli(subprocess_env, workdir, synthetic_folder)
+  line = assert_one_error_line(result, message)
+  assert "free some space" in line or "free the space" in line
+  if leave_kib > 1000:
+    assert "(No space left on device)" in line and "resume from checkpoint 3" in line
+    assert checkpoint_steps(workdir) == [3]
+    assert "RESOURCE_EXHAUSTED" in open(os.path.join(workdir, "error.log")).read()
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_a_full_disk_resumes_exactly(small_disk, synthetic_folder,
+                                                      subprocess_env, finished_run):
+  filler = fill(small_disk, 2600)
+  workdir = str(small_disk / "run")
+  assert run_cli(subprocess_env, workdir, synthetic_folder).returncode == 1
+  os.remove(filler)
+  result = run_cli(subprocess_env, workdir, synthetic_folder)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Resumed from" in result.stderr and epochs(workdir) == [1, 2]
+  for a, b in zip(final_leaves(finished_run, synthetic_folder),
+                  final_leaves(workdir, synthetic_folder), strict=True):
+    assert np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------------------
 # Bad input.
 # ---------------------------------------------------------------------------
 
@@ -341,6 +512,41 @@ def test_config_is_checked_and_workdir_prepared_before_any_data(tmp_path, subpro
   assert_one_error_line(result, "is a file, not a directory")
   result = run_cli(subprocess_env, a_file, missing, command="evaluate")
   assert_one_error_line(result, "no checkpoints in")
+
+
+@pytest.mark.parametrize("content, message, code", [
+    ("x = 1\n", "defines no get_config()", 2),
+    ("def get_config():\n  return {'seed': 0}\n", "the config is a dict, not an ml_collections", 1),
+    ("import ml_collections\ndef get_config():\n  c = ml_collections.ConfigDict()\n"
+     "  c.seed = 0\n  return c\n", "the config has no field num_seeds", 1),
+])
+def test_a_config_file_without_a_whole_config_is_one_line(content, message, code, tmp_path,
+                                                           capsys):
+  path = tmp_path / "my_config.py"
+  path.write_text(content)
+  argv = ["run_train.py", "train", "--config", str(path), "--workdir", str(tmp_path / "run")]
+  if code == 2:
+    with pytest.raises(SystemExit) as exit_info:
+      cli.main(argv)
+    assert exit_info.value.code == 2
+  else:
+    assert cli.main(argv) == 1
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_workdir_arguments_are_what_the_user_meant(tmp_path, monkeypatch, capsys):
+  argv = ["run_train.py", "train", "--config", os.path.join(REPO_ROOT, "configs", "cifar.py:smoke")]
+  with pytest.raises(SystemExit) as exit_info:  # --workdir=$UNSET
+    cli.main(argv + ["--workdir="])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.startswith("error: --workdir is empty")
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))
+  monkeypatch.chdir(tmp_path)
+  # A shell leaves ~ after = alone; the command expands it (evaluate: the same code, no data).
+  assert cli.main(["wacnn_jax", "evaluate", "--workdir=~/runs/a"]) == 1
+  assert f"error: {tmp_path}/home/runs/a/config.json does not exist" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "~")
 
 
 @pytest.fixture

@@ -4,10 +4,16 @@ Layout: `workdir/checkpoints/<step>/{state,meta}`, written by one
 `orbax.checkpoint.CheckpointManager`; `<step>` is the state's own step count
 (`epoch * steps_per_epoch` at the end of an epoch). `state` is the
 (unreplicated) TrainState pytree; `meta` is JSON: epoch, best test accuracy,
-this checkpoint's test accuracy and the identity of the run (model, classes,
-dataset, batch size), so that a checkpoint of another run is refused with a
-clear message instead of a shape error deep inside Orbax, or a silent resume.
-The latest `keep` checkpoints are kept, and the one with the best test accuracy.
+this checkpoint's test accuracy, the epoch's metrics records and the identity
+of the run (model, classes, settings, the data's checksums), so that a
+checkpoint of another run is refused with a clear message instead of a shape
+error deep inside Orbax, or a silent resume. The latest `keep` checkpoints are
+kept, and the one with the best test accuracy.
+
+A save that fails (a full disk) is a CheckpointError naming the checkpoint and
+the cause; Orbax writes in background threads, so it surfaces at the next save
+or when the Checkpointer closes. The checkpoint it was writing stays a
+temporary folder that restores never see.
 
 A checkpoint that cannot be read (cut short by a full disk, a damaged file) is
 a `DamagedCheckpointError`; `restore_latest` then moves it to
@@ -18,6 +24,7 @@ version of the model code) is a plain CheckpointError and stays where it is.
 
 from __future__ import annotations
 
+import contextlib
 import logging as python_logging
 import os
 import re
@@ -48,6 +55,16 @@ def short_reason(error: BaseException) -> str:
   return f"{type(error).__name__}: {text[:300]}"
 
 
+def _save_reason(error: BaseException) -> str:
+  """Why a save failed: the operating system's reason where TensorStore gives its code."""
+  text = str(error)
+  while error.__cause__ is not None:
+    error = error.__cause__
+    text += f" {error}"
+  code = re.search(r"\[os_error_code='(\d+)'\]", text)
+  return os.strerror(int(code.group(1))) if code else short_reason(error)
+
+
 def _array_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
   """{key path: shape} of a pytree's leaves, with dict keys, attributes and indices as strings."""
   def name(key):
@@ -70,6 +87,16 @@ def _is_restore_aftermath(unraisable) -> bool:
   return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
+# Identity entries with a fallback: when an entry differs from the checkpoint's
+# but its fallback is recorded there and equal, the run resumes with a warning.
+# The checksum of the decoded data falls back to the source file's: the same
+# archive decoded by another version of the JPEG decoder (on another machine)
+# may differ by a level here and there. The fallback is compared for that alone
+# (the data's path and compression may change).
+IDENTITY_FALLBACKS = {"train data sha256": "data source sha256",
+                      "test data sha256": "data source sha256"}
+
+
 # TensorStore's errors start with an absl status code: "NOT_FOUND: ...".
 _TENSORSTORE_ERROR = re.compile(r"[A-Z_]+: ")
 
@@ -85,10 +112,11 @@ class _AbandonedReadFilter(python_logging.Filter):
 
 
 def _drop_restore_aftermath() -> None:
-  """Keeps the leftovers of a failed restore off the console (process-wide, once).
+  """Keeps the leftovers of a failed restore or save off the console (process-wide, once).
 
-  When one array of a checkpoint cannot be read, Orbax abandons the restore
-  while TensorStore completes the other reads, which then report themselves
+  When one array of a checkpoint cannot be read (or written: a full disk),
+  Orbax abandons the restore (save) while TensorStore completes the other
+  reads (writes), which then report themselves
   at any later time: "Event loop is closed" for each read that completes
   (as an unraisable exception, or printed through `sys.excepthook` by a
   TensorStore callback), the error of each abandoned Orbax read coroutine
@@ -97,8 +125,8 @@ def _drop_restore_aftermath() -> None:
   Nothing can catch them and they add nothing to the DamagedCheckpointError,
   so wrappers of `sys.unraisablehook` and `sys.excepthook` and a filter on
   the asyncio logger drop exactly these and pass every other report on.
-  Installed before every restore: the reads can complete before the failure
-  reaches the caller.
+  Installed before every restore and save: the reads can complete before
+  the failure reaches the caller.
   """
   previous = sys.unraisablehook
   if getattr(previous, "drops_restore_aftermath", False):
@@ -138,6 +166,7 @@ class Checkpointer:
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.damaged_directory = os.path.abspath(os.path.join(workdir, "checkpoints_damaged"))
     self.identity = identity or {}
+    self._pending_step = None  # the save Orbax may still be writing
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
         create=create,
@@ -166,18 +195,43 @@ class Checkpointer:
     """Saves asynchronously; `meta['test_accuracy']` ranks the best checkpoint.
 
     Raises CheckpointError when the checkpoint is not written (Orbax declines
-    a step that is not above the latest one).
+    a step that is not above the latest one), or when the previous save failed
+    in the background (`_save_failed`).
     """
     meta = dict(meta, identity=self.identity)
-    saved = self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                meta=ocp.args.JsonSave(meta)),
-        metrics={"test_accuracy": float(meta["test_accuracy"])})
+    _drop_restore_aftermath()
+    self._wait_for_pending_save()
+    try:
+      saved = self._manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave(meta)),
+          metrics={"test_accuracy": float(meta["test_accuracy"])})
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(step, e) from e
     if not saved:
       raise CheckpointError(
           f"checkpoint {step} was not saved: {self.directory} already holds "
           f"checkpoint(s) {self.all_steps()}, and a new one must have a higher step.")
+    self._pending_step = step
+
+  def _wait_for_pending_save(self) -> None:
+    """Waits for the save Orbax is still writing; CheckpointError if it failed."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      failed, self._pending_step = self._pending_step, None  # reported once
+      if failed is not None:
+        raise self._save_failed(failed, e) from e
+    self._pending_step = None
+
+  def _save_failed(self, step: int, error: BaseException) -> CheckpointError:
+    kept = [s for s in self.all_steps() if s != step]
+    return CheckpointError(
+        f"saving checkpoint {step} in {self.directory} failed ({_save_reason(error)}). "
+        "Nothing saved before it is lost: free the space (or fix the cause) and start the "
+        "same command again to resume from "
+        f"{f'checkpoint {max(kept)}' if kept else 'the beginning (there is no checkpoint)'}.")
 
   def read_meta(self, step: int) -> dict:
     try:
@@ -218,16 +272,7 @@ class Checkpointer:
     compared.
     """
     meta = self.read_meta(self.find_step(step))
-    saved = meta.get("identity", {})
-    mismatched = {k: (saved[k], v) for k, v in self.identity.items()
-                  if k in saved and saved[k] != v}
-    if mismatched:
-      detail = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}"
-                         for k, (a, b) in sorted(mismatched.items()))
-      raise CheckpointError(
-          f"the checkpoints in {self.directory} were written by another "
-          f"model, dataset or batch size ({detail}). Use a new --workdir, or "
-          "set the config to match the checkpoint.")
+    self._check_identity(step, meta.get("identity", {}))
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     _drop_restore_aftermath()
     try:
@@ -243,6 +288,37 @@ class Checkpointer:
       raise DamagedCheckpointError(
           f"checkpoint {step} in {self.directory} is damaged ({short_reason(e)}).") from e
     return restored["state"], meta
+
+  def _check_identity(self, step: int, saved: dict) -> None:
+    """Refuses (CheckpointError) a checkpoint whose identity differs from `self.identity`.
+
+    Entries the checkpoint does not record (written by an older version) are
+    not compared, and a log line says so; see IDENTITY_FALLBACKS for the one
+    difference that is a warning.
+    """
+    fallbacks = set(IDENTITY_FALLBACKS.values())
+    mismatched = {k: (saved[k], v) for k, v in self.identity.items()
+                  if k in saved and saved[k] != v and k not in fallbacks}
+    for key, fallback in IDENTITY_FALLBACKS.items():
+      if (key in mismatched and saved.get(fallback) is not None
+          and saved.get(fallback) == self.identity.get(fallback)):
+        logging.warning(
+            "%s differs from checkpoint %d's, but the source file is the same (%s %s): "
+            "its images decode differently here (another JPEG decoder?); resuming on "
+            "them.", key, step, fallback, saved[fallback][:16])
+        del mismatched[key]
+    if mismatched:
+      detail = "; ".join(f"{k}: checkpoint has {a!r}, config has {b!r}"
+                         for k, (a, b) in sorted(mismatched.items()))
+      raise CheckpointError(
+          f"the checkpoints in {self.directory} were written by another model or with "
+          f"other settings ({detail}). Use a new --workdir, or set the config as the "
+          "checkpoint has it (README, 'When things go wrong', lists what may change on "
+          "resume).")
+    unrecorded = [k for k in self.identity if k not in saved and k not in fallbacks]
+    if unrecorded:
+      logging.info("Checkpoint %d records no %s (an older version wrote it): these are "
+                   "not compared.", step, ", ".join(unrecorded))
 
   def _difference(self, step: int, target: Any) -> str | None:
     """How checkpoint `step`'s arrays differ from `target`'s; None if they match or are unreadable."""
@@ -293,4 +369,11 @@ class Checkpointer:
     return target
 
   def close(self) -> None:
+    """Waits for the pending save (CheckpointError if it failed) and closes the manager."""
+    try:
+      self._wait_for_pending_save()
+    except CheckpointError:
+      with contextlib.suppress(Exception):  # the manager reports the failed save again
+        self._manager.close()
+      raise
     self._manager.close()

@@ -12,17 +12,20 @@
 `run_train.py --config ... --workdir ...` is `train`. Every command takes
 absl `--flag=value` flags (`--helpfull` lists them); a bad command line is
 one `error:` line on stderr and exit status 2; a problem with the user's input
-found later (USER_ERRORS) is one `error:` line and exit status 1.
+found later (USER_ERRORS) is one `error:` line and exit status 1, and so is
+any other error of `train` and `evaluate` (with its traceback in error.log,
+`failures`). SIGINT and SIGTERM stop every command but `reproduce` (which
+stops its runs itself) with one line and exit status 130 / 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging as python_logging
 import os
 import runpy
 import dataclasses
 import sys
-import traceback
 from typing import Callable, NoReturn
 
 from absl import flags
@@ -36,6 +39,7 @@ from wacnn_jax import checkpointing
 from wacnn_jax import compilation_cache
 from wacnn_jax import epochs
 from wacnn_jax import evaluate
+from wacnn_jax import failures
 from wacnn_jax import input_pipeline
 from wacnn_jax import pretrained
 from wacnn_jax import report
@@ -46,8 +50,9 @@ from wacnn_jax import visualize
 from wacnn_jax import workdirs
 from wacnn_jax.pretrained import export
 
-# Errors that describe a problem with the user's input: shown as one message.
-USER_ERRORS = (ValueError, FileNotFoundError, input_pipeline.DatasetError,
+# Errors that describe a problem with the user's input or machine (a full disk):
+# shown as their message.
+USER_ERRORS = (ValueError, OSError, input_pipeline.DatasetError,
                checkpointing.CheckpointError, workdirs.WorkdirError,
                epochs.DivergenceError, pretrained.WeightsError)
 
@@ -139,10 +144,18 @@ def parse_flags(flag_values: flags.FlagValues, argv: list[str],
     valid = ""
     if path and os.path.exists(path):
       try:
-        config = runpy.run_path(path)["get_config"]()
+        namespace = runpy.run_path(path)
+        if "get_config" not in namespace:
+          _exit_with_usage_error(f"--config {path} defines no get_config(); a config file is "
+                                 "Python, like configs/default.py.")
+        config = namespace["get_config"]()
       except Exception as load_error:  # pylint: disable=broad-except
         _exit_with_usage_error(f"--config {path} does not load ({type(load_error).__name__}: "
                                f"{load_error}).")
+      if not isinstance(config, ml_collections.ConfigDict):
+        _exit_with_usage_error(f"--config {path}: get_config() returned "
+                               f"{type(config).__name__}, not an ml_collections.ConfigDict "
+                               "(build it on configs/default.py's get_config()).")
       valid = "\nValid keys: " + ", ".join(flatten_keys(config))
     _exit_with_usage_error(f"bad config override ({type(e).__name__}: {message}).{valid}")
   if len(remaining) > 1 and not positional:
@@ -172,25 +185,34 @@ def leave_process_group(exit_code: int) -> None:
 def report_user_errors(workdir: str, action: Callable[[], object]) -> int:
   """Runs `action()` (training or evaluation in `workdir`); returns the exit code.
 
-  A user error (USER_ERRORS) is one `error:` line on stderr, exit code 1, and
-  its traceback in `workdir/error.log` where the workdir can take it.
+  An error is one `error:` line on stderr and exit code 1: a user error
+  (USER_ERRORS) shows its message, anything else its type ("unexpected ...").
+  Its traceback goes to `workdir/error.log` where the workdir can take it
+  (not for a WorkdirError: the workdir is unusable, or another run's), after
+  what the libraries reported on their own meanwhile (`failures.LibraryReports`,
+  kept off the console; written to error.log too when the action succeeds).
   A failing process of a multi-process run reports its error and ends at
   once (`leave_process_group`); its `error.log` is `error.<process>.log` on
   processes other than 0.
   """
-  try:
-    action()
-  except USER_ERRORS as e:
-    note = _write_error_log(e, workdir)
-    sys.stderr.write(f"error: {e}{' ' + note if note else ''}\n")
-    if in_process_group():
-      leave_process_group(1)
-    return 1
-  except BaseException:  # pylint: disable=broad-except
-    if in_process_group():
-      traceback.print_exc()
-      leave_process_group(1)
-    raise
+  with failures.LibraryReports() as reports:
+    try:
+      action()
+    except Exception as e:  # pylint: disable=broad-except
+      index = jax.process_index() if jax.distributed.is_initialized() else 0
+      log_path = failures.error_log_path(workdir, index)
+      note = ("" if isinstance(e, workdirs.WorkdirError)
+              else failures.write_error_log(log_path, e, reports.texts))
+      reports.keep_hooks(log_path if note.startswith("(traceback") else None)
+      sys.stderr.write(f"error: {failures.describe(e, isinstance(e, USER_ERRORS))}"
+                       f"{' ' + note if note else ''}\n")
+      if in_process_group():
+        leave_process_group(1)
+      return 1
+  if reports.texts:
+    note = failures.write_error_log(failures.error_log_path(workdir), None, reports.texts)
+    logging.warning("The libraries reported %d error(s) of their own %s.", len(reports.texts),
+                    note)
   return 0
 
 
@@ -199,7 +221,7 @@ def _print_error(action: Callable[[], int]) -> int:
   try:
     return action()
   except USER_ERRORS as e:
-    sys.stderr.write(f"error: {e}\n")
+    sys.stderr.write(f"error: {failures.describe(e)}\n")
     return 1
 
 
@@ -215,6 +237,9 @@ class Command:
   define: Callable[[flags.FlagValues, list[str]], None]
   run: Callable[[flags.FlagValues, list[str]], int]
   positional: str = ""  # what positional arguments are, if it takes any
+  # What the line of a SIGINT / SIGTERM says after "stopped by SIGTERM: "
+  # (`failures.exit_on_signals`); None: the command handles signals itself.
+  on_signal: str | None = "stopped."
 
 
 def _define_train(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -430,15 +455,18 @@ def _run_export(fv: flags.FlagValues, args: list[str]) -> int:
 
 COMMANDS = {
     "train": Command("Train (and evaluate every epoch) a config in a workdir; resumes.",
-                     _define_train, _run_train),
+                     _define_train, _run_train,
+                     on_signal="training stopped. The same command resumes it from its "
+                     "newest checkpoint (the epochs after it are trained again)."),
     "evaluate": Command("Evaluate a checkpoint of a workdir, or trained weights, optionally "
-                        "under noise.", _define_evaluate, _run_evaluate),
+                        "under noise.", _define_evaluate, _run_evaluate,
+                        on_signal="evaluation stopped (eval.json is written when it ends)."),
     "report": Command("Compare training runs: a markdown table and training curves.",
                       _define_report, _run_report, positional="WORKDIR ..."),
     "visualize": Command("Attention maps of a WA run's checkpoint (or trained weights) next "
                          "to a baseline.", _define_visualize, _run_visualize),
     "reproduce": Command("Train the paper's comparison grid and write its results tables.",
-                         _define_reproduce, _run_reproduce),
+                         _define_reproduce, _run_reproduce, on_signal=None),
     "export": Command("Write a run's trained weights (no optimiser state) for "
                       "wacnn_jax.pretrained.load.", _define_export, _run_export),
 }
@@ -473,26 +501,14 @@ def main(argv: list[str] | None = None) -> int:
   args = parse_flags(fv, [program] + argv[2:], positional=bool(command.positional))
   if not flags.FLAGS.is_parsed():  # absl logging reads its own flags' defaults
     flags.FLAGS([program])
+  for name in ("workdir", "baseline"):  # the shell does not expand ~ in --workdir=~/runs
+    if name in fv and fv[name].value is not None:
+      if not fv[name].value.strip():
+        _exit_with_usage_error(f"--{name} is empty (an unset shell variable?); give a folder.")
+      fv[name].value = os.path.expanduser(fv[name].value)
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
   quiet_library_logs()
-  return command.run(fv, args)
-
-
-def _write_error_log(error: BaseException, workdir: str) -> str:
-  """Writes `error`'s traceback to `workdir/error.log`; returns a note on where it went.
-
-  Not for a WorkdirError (the workdir is unusable, or another run's), and
-  never raises: the error being reported may be that the workdir cannot be written.
-  """
-  if isinstance(error, workdirs.WorkdirError):
-    return ""
-  index = jax.process_index() if jax.distributed.is_initialized() else 0
-  log_path = os.path.join(workdir, f"error.{index}.log" if index else "error.log")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(log_path, "w") as f:
-      traceback.print_exception(error, file=f)
-  except OSError as e:
-    return f"(no error.log: {e.strerror or e})"
-  return f"(traceback in {log_path})"
+  with (failures.exit_on_signals(command.on_signal) if command.on_signal
+        else contextlib.nullcontext()):
+    return command.run(fv, args)

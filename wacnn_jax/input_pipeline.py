@@ -8,9 +8,12 @@ CIFAR-sized datasets fit in accelerator memory, so the pipeline is two steps:
      `image`/`label` features), or
    - an image folder `root/{train,test}/<label>/*.jpg|jpeg|png` (the layout of
      `tfds.folder_dataset.ImageFolder`), or a `.tar`/`.tar.gz` archive of one.
-     A file that Pillow cannot decode is refused, not skipped (the error names
-     it and counts the others), so that a run never trains on a silently
-     smaller dataset.
+     A run never trains on a silently smaller or other dataset: a file that
+     Pillow cannot decode, a file in a split folder that is not a class
+     folder's image, and a damaged or cut archive are refused by name (hidden
+     and system files are skipped and counted); every image is converted to
+     8-bit RGB without clipping (`_to_rgb`; the conversions are logged).
+   Then every source is checked and summarised alike (`dataset_checks`).
 2. `augment_batch` / `normalize` run inside the jitted train and eval steps:
    zero-pad 4, random crop, random horizontal flip, then per-channel
    normalisation with the CIFAR mean and standard deviation (the reference's).
@@ -23,14 +26,19 @@ tfds dataset prepared as array_record is read through tfds's TF-free
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import io
+import lzma
 import os
 import socket
 import tarfile
 from typing import Iterable, Sequence
+import unicodedata
+import zlib
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,16 +46,23 @@ import PIL
 from PIL import Image
 
 from wacnn_jax import dataset_cache
+from wacnn_jax import dataset_checks
+from wacnn_jax.dataset_checks import DatasetError  # pylint: disable=unused-import
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # in any case
+# Skipped wherever they are in an image folder (and counted in the log): hidden
+# files and folders (".DS_Store", macOS's "._<name>" AppleDouble files), the
+# "__MACOSX" folder of archives made on a Mac, Windows' Thumbs.db and desktop.ini.
+SYSTEM_FILE_NAMES = ("__macosx", "thumbs.db", "desktop.ini")
+# What converting a Pillow mode to 8-bit RGB does, where it loses something.
+MODE_CONVERSIONS = {"RGBA": " (alpha dropped)", "RGBa": " (alpha dropped)",
+                    "LA": " (alpha dropped)", "PA": " (alpha dropped)",
+                    "I;16": " (high byte)", "I;16B": " (high byte)", "I;16L": " (high byte)",
+                    "I;16N": " (high byte)", "CMYK": " (Pillow's CMYK to RGB)"}
 CROP_PADDING = 4
 _ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-
-
-class DatasetError(RuntimeError):
-  """A dataset could not be found or read; the message says how to fix it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,12 +95,13 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """Train and test splits plus class metadata."""
+  """Train and test splits plus class metadata; `summary` as `load_dataset` returns it."""
 
   name: str
   train: Split
   test: Split
   class_names: tuple[str, ...]
+  summary: dataset_checks.DatasetSummary | None = None
 
   @property
   def num_classes(self) -> int:
@@ -100,12 +116,21 @@ def load_dataset(data_config) -> Dataset:
   """Loads the dataset that `data_config` names (see `configs/default.py`).
 
   Fields read: `dataset`, `data_dir`, `image_folder`, `cache_dir`, `download`,
-  `train_split`, `test_split`, `max_train_examples`, `max_test_examples`.
-  In a run of several processes every process reads the whole dataset.
+  `train_split`, `test_split`, `max_train_examples`, `max_test_examples`,
+  `allow_missing_classes`. Whatever the source, the whole dataset is checked
+  (`dataset_checks.check_dataset`: every class in every split, one image
+  size, labels in range) and the subsets as trained on are summarised
+  (`Dataset.summary`, logged). In a run of several processes every process
+  reads the whole dataset.
   """
-  if data_config.image_folder:
+  folder = data_config.image_folder
+  if folder is not None and not str(folder).strip():
+    raise DatasetError(
+        "data.image_folder is set but empty (an unset shell variable?): give the "
+        "folder or archive, or leave the field out to read data.dataset through tfds.")
+  if folder:
     dataset = dataset_cache.read_cached(  # decoded once, then read from data.cache_dir
-        read_image_folder, data_config.image_folder,
+        read_image_folder, folder,
         splits=(data_config.train_split, data_config.test_split),
         cache_dir=data_config.get("cache_dir"))
   else:
@@ -114,10 +139,17 @@ def load_dataset(data_config) -> Dataset:
         data_dir=data_config.data_dir,
         splits=(data_config.train_split, data_config.test_split),
         download=data_config.download)
-  return dataclasses.replace(
+  source = os.path.expanduser(str(folder)) if folder else f"tfds:{data_config.dataset}"
+  dataset_checks.check_dataset(dataset, source,
+                               data_config.get("allow_missing_classes", False))
+  dataset = dataclasses.replace(
       dataset,
       train=dataset.train.subset(data_config.max_train_examples),
       test=dataset.test.subset(data_config.max_test_examples))
+  dataset_checks.warn_of_classes_left_out(dataset)
+  summary = dataset_checks.summarize(dataset, source)
+  logging.info("%s", summary.line())
+  return dataclasses.replace(dataset, summary=summary)
 
 
 # ---------------------------------------------------------------------------
@@ -125,77 +157,158 @@ def load_dataset(data_config) -> Dataset:
 # ---------------------------------------------------------------------------
 
 
-def _decode_image(data: bytes) -> np.ndarray | str:
-  """uint8 (H, W, 3) pixels, or why `data` is not a readable image."""
-  if not data:
+@dataclasses.dataclass(frozen=True)
+class _ImageFile:
+  """An image of an image folder: `<split>/<label>/<name>` (`path` as messages show it)."""
+
+  split: str
+  label: str  # the class folder's name, NFC-normalised
+  path: str  # relative to the folder, or the archive member's name
+
+
+def _is_system_file(parts: Sequence[str]) -> bool:
+  return any(part.startswith(".") or part.lower() in SYSTEM_FILE_NAMES for part in parts)
+
+
+def _layout(paths: Iterable[str], splits: Sequence[str], where: str) -> list[_ImageFile]:
+  """The images of `splits` among the files `paths` ('/'-separated, relative to the root).
+
+  An image is `[<top>/]<split>/<label>/<name>.jpg|jpeg|png` (extension in any
+  case). Files outside the split folders are ignored and system files
+  skipped (counted in the log); any other file inside a split folder is
+  refused (DatasetError naming it): a run must not train on fewer images
+  than the folder holds.
+  """
+  images, strays, skipped = [], [], 0
+  for path in paths:
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if not any(part in splits for part in parts[:-1]):
+      continue  # outside the split folders: README, another split, ...
+    if _is_system_file(parts):
+      skipped += 1
+    elif (len(parts) >= 3 and parts[-3] in splits
+          and os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS):
+      images.append(_ImageFile(parts[-3], unicodedata.normalize("NFC", parts[-2]), path))
+    else:
+      strays.append(path)
+  if strays:
+    more = f" (and {len(strays) - 1} more)" if len(strays) > 1 else ""
+    raise DatasetError(
+        f"{where} holds files that are not images of a class folder: {strays[0]}{more}. "
+        f"Only <split>/<class>/<name>{'|'.join(IMAGE_EXTENSIONS)} files are read (any "
+        "case; hidden files, __MACOSX, Thumbs.db and desktop.ini are skipped): move the "
+        "others out of the split folders, or convert them to JPEG or PNG.")
+  if skipped:
+    logging.info("%s: skipped %d hidden or system file(s) (.DS_Store, ._*, __MACOSX, "
+                 "Thumbs.db, desktop.ini).", where, skipped)
+  return images
+
+
+def _check_splits(images: Sequence[_ImageFile], splits, where) -> tuple[str, ...]:
+  """The class names (sorted label folders of all splits); DatasetError for a split with no image."""
+  found = sorted({image.split for image in images})
+  missing = [s for s in splits if s not in found]
+  if missing:
+    raise DatasetError(
+        f"image folder {where} has no split(s) {missing} (found "
+        f"{found or 'no images'}). Expected the layout "
+        "<root>/{train,test}/<label>/<image>.jpg|png, as "
+        "tfds.folder_dataset.ImageFolder reads it; point "
+        "data.image_folder at <root>.")
+  return tuple(sorted({image.label for image in images}))
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray | str:
+  """uint8 (H, W, 3) pixels of a Pillow image, or why it is refused.
+
+  8-bit modes go through Pillow's `convert("RGB")`, which is exact for them
+  (gray and palette expanded, alpha dropped, CMYK and YCbCr converted).
+  16-bit gray (I;16*) keeps the high byte of each value, as Pillow itself
+  reduces 16-bit colour PNGs (`convert("RGB")` would clip every value above
+  255 to white). 32-bit integer and floating-point pixels have no fixed
+  range and are refused.
+  """
+  if image.mode == "RGB":
+    return np.asarray(image, dtype=np.uint8)
+  if image.mode.startswith("I;16"):
+    gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  if image.mode in ("I", "F"):
+    return (f"mode {image.mode} ({'32-bit integer' if image.mode == 'I' else 'floating-point'}"
+            " pixels) has no fixed range; save it as 8-bit (or 16-bit PNG) RGB or gray")
+  return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _source_mode(image: Image.Image) -> str:
+  """The image's mode, with ' 16-bit' for a 16-bit PNG (Pillow opens 16-bit colour as 8-bit)."""
+  depth16 = image.format == "PNG" and image.tile and ";16" in str(image.tile[0][3])
+  return f"{image.mode}{' 16-bit' if depth16 and not image.mode.startswith('I;16') else ''}"
+
+
+def _decode_image(content: bytes | str) -> tuple[np.ndarray, str] | str:
+  """(uint8 (H, W, 3) pixels, source mode), or why `content` (bytes, or a read error) is refused."""
+  if isinstance(content, str):
+    return content
+  if not content:
     return "empty file"
   try:
-    with Image.open(io.BytesIO(data)) as image:
-      return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    with Image.open(io.BytesIO(content)) as image:
+      mode = _source_mode(image)
+      pixels = _to_rgb(image)
+      return pixels if isinstance(pixels, str) else (pixels, mode)
   except PIL.UnidentifiedImageError:
     return "not an image format Pillow reads"
   except Exception as e:  # pylint: disable=broad-except
     return f"{type(e).__name__}: {e}"
 
 
-def _stack_splits(items: dict[str, Sequence[tuple[str, str, bytes]]],
-                  class_names: Sequence[str], where: str) -> dict[str, Split]:
-  """Decodes {split: [(label_name, file name, encoded bytes)]} into {split: Split}.
+def _stack_splits(images: Sequence[_ImageFile], contents: Sequence[bytes | str],
+                  splits: Sequence[str], class_names: Sequence[str],
+                  where: str) -> dict[str, Split]:
+  """Decodes the images (file bytes, or why they could not be read) into {split: Split}.
 
   Raises DatasetError naming the first file (in split order) that does not
-  decode, and counting the others.
+  read or decode, and counting the others; logs the modes converted to RGB.
   """
   class_index = {c: i for i, c in enumerate(class_names)}
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-    images = {split: list(pool.map(_decode_image, [data for _, _, data in triples]))
-              for split, triples in items.items()}
-  bad = [(file_name, image) for split, triples in items.items()
-         for (_, file_name, _), image in zip(triples, images[split]) if isinstance(image, str)]
+    decoded = list(pool.map(_decode_image, contents))
+  order = {split: i for i, split in enumerate(splits)}
+  bad = sorted(((order[image.split], image.path, reason)
+                for image, reason in zip(images, decoded) if isinstance(reason, str)))
   if bad:
     more = f" (and {len(bad) - 1} more bad file(s))" if len(bad) > 1 else ""
     raise DatasetError(
-        f"cannot decode {bad[0][0]} in {where}: {bad[0][1]}{more}. Remove or "
+        f"cannot decode {bad[0][1]} in {where}: {bad[0][2]}{more}. Remove or "
         "replace the file(s); an image folder must hold only readable JPEG/PNG images.")
+  modes = collections.Counter(mode for _, mode in decoded if mode != "RGB")
+  if modes:
+    logging.info("%s: converted to 8-bit RGB: %s.", where, ", ".join(
+        f"{n} {mode}{MODE_CONVERSIONS.get(mode.split(' ')[0], '')}"
+        f"{' (high byte)' if mode.endswith('16-bit') else ''}"
+        for mode, n in sorted(modes.items())))
   result = {}
-  for split, triples in items.items():
-    shapes = {im.shape for im in images[split]}
+  for split in splits:
+    rows = [(image, pixels) for image, (pixels, _) in zip(images, decoded)
+            if image.split == split]
+    shapes = sorted({pixels.shape for _, pixels in rows})
     if len(shapes) != 1:
       raise DatasetError(
           f"images of split {split!r} in {where} have different sizes "
-          f"{sorted(shapes)[:4]}; resize them all to one size (32x32 for the "
+          f"{shapes[:4]}; resize them all to one size (32x32 for the "
           "CIFAR models) first.")
-    labels = np.array([class_index[label] for label, _, _ in triples], np.int32)
-    result[split] = Split(np.stack(images[split]), labels)
+    result[split] = Split(np.stack([pixels for _, pixels in rows]),
+                          np.array([class_index[image.label] for image, _ in rows], np.int32))
   return result
-
-
-def _group_by_split(entries: Iterable[tuple[str, str, str]]):
-  """Groups (split, label, path) triples into {split: {label: [paths]}}."""
-  tree: dict[str, dict[str, list[str]]] = {}
-  for split, label, path in entries:
-    if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS:
-      tree.setdefault(split, {}).setdefault(label, []).append(path)
-  return tree
-
-
-def _check_splits(tree, splits, where) -> tuple[str, ...]:
-  missing = [s for s in splits if s not in tree]
-  if missing:
-    raise DatasetError(
-        f"image folder {where} has no split(s) {missing} (found "
-        f"{sorted(tree) or 'no images'}). Expected the layout "
-        "<root>/{train,test}/<label>/<image>.jpg|png, as "
-        "tfds.folder_dataset.ImageFolder reads it; point "
-        "data.image_folder at <root>.")
-  class_names = tuple(sorted({c for s in splits for c in tree[s]}))
-  return class_names
 
 
 def read_image_folder(path: str, splits=("train", "test")) -> Dataset:
   """Reads `path/<split>/<label>/<file>` (or an archive holding one such root).
 
-  Labels are the sub-folder names in sorted order (as ImageFolder assigns them);
-  files are read in sorted order, so the result is deterministic.
+  Labels are the sub-folder names (NFC-normalised) in sorted order (as
+  ImageFolder assigns them); each split holds its images by label, then in
+  sorted order of their paths, so the result is deterministic. See `_layout`
+  for which files are read.
   """
   path = os.path.expanduser(str(path))
   if not os.path.exists(path):
@@ -203,33 +316,23 @@ def read_image_folder(path: str, splits=("train", "test")) -> Dataset:
         f"data.image_folder={path!r} does not exist. Point it at a folder "
         "<root>/{train,test}/<label>/*.jpg (or a .tar.gz of one).")
   if os.path.isdir(path):
-    entries = []
-    for split in sorted(os.listdir(path)):
-      split_dir = os.path.join(path, split)
-      if not os.path.isdir(split_dir):
-        continue
-      for label in sorted(os.listdir(split_dir)):
-        label_dir = os.path.join(split_dir, label)
-        if os.path.isdir(label_dir):
-          entries += [(split, label, os.path.join(label_dir, f))
-                      for f in sorted(os.listdir(label_dir))]
-    tree = _group_by_split(entries)
-    class_names = _check_splits(tree, splits, path)
-
-    def read(file_path):
-      with open(file_path, "rb") as f:
-        return f.read()
-
-    result = _stack_splits(
-        {split: [(label, os.path.relpath(p, path), read(p)) for label in sorted(tree[split])
-                 for p in tree[split][label]] for split in splits},
-        class_names, path)
+    files = []
+    for split in splits:
+      for folder, _, names in os.walk(os.path.join(path, split), followlinks=True):
+        relative = os.path.relpath(folder, path).replace(os.sep, "/")
+        files += [f"{relative}/{name}" for name in names]
+    images = sorted(_layout(files, splits, path), key=_label_then_path)
+    contents = [_read_file(os.path.join(path, image.path)) for image in images]
   elif path.endswith(_ARCHIVE_SUFFIXES):
-    result, class_names = _read_image_archive(path, splits)
+    members = _read_archive(path)
+    images = sorted(_layout(members, splits, path), key=_label_then_path)
+    contents = [members[image.path] for image in images]
   else:
     raise DatasetError(
         f"data.image_folder={path!r} is neither a folder nor a "
         f"{'/'.join(_ARCHIVE_SUFFIXES)} archive.")
+  class_names = _check_splits(images, splits, path)
+  result = _stack_splits(images, contents, splits, class_names, path)
   name = os.path.basename(path.rstrip("/"))
   for suffix in _ARCHIVE_SUFFIXES:  # an archive and its extracted folder: one name
     name = name.removesuffix(suffix)
@@ -237,32 +340,71 @@ def read_image_folder(path: str, splits=("train", "test")) -> Dataset:
                  class_names=class_names)
 
 
-def _read_image_archive(path: str, splits):
-  """Reads an archive of `[<top>/]<split>/<label>/<file>` in one pass."""
-  data: dict[str, bytes] = {}
+def _label_then_path(image: _ImageFile) -> tuple[str, str]:
+  """The order of a split's images: by class, then by path (the order ImageFolder reads)."""
+  return image.label, image.path
+
+
+def _read_file(path: str) -> bytes | str:
+  """The file's bytes, or why it cannot be read."""
+  try:
+    with open(path, "rb") as f:
+      return f.read()
+  except OSError as e:
+    return f"cannot read it ({e.strerror or e})"
+
+
+# What tarfile, gzip, bz2 and lzma raise for a damaged archive.
+_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def _read_archive(path: str) -> dict[str, bytes | str]:
+  """{member name: its bytes, or why it cannot be read} of every file of a tar archive.
+
+  The archive is read to its end and refused (DatasetError) unless it is
+  whole: tarfile silently stops at a damaged member header after the first
+  one, and at a missing end-of-archive marker (a tar cut at a member
+  boundary), and a compressed stream's checksum (gzip's CRC-32) is only
+  checked when it is read to its end. Hard and symbolic links to members
+  are read as the member.
+  """
+  contents = {}
   try:
     with tarfile.open(path) as archive:
       for member in archive:
-        if member.isfile():
-          data[member.name] = archive.extractfile(member).read()
-  except (tarfile.TarError, OSError, EOFError) as e:
-    raise DatasetError(f"cannot read archive {path!r}: {e}") from e
-  split_set = set(splits)
-  entries = []
-  for name in data:
-    parts = name.split("/")
-    # The split folder is the first path component that names a split.
-    for i, part in enumerate(parts[:-2]):
-      if part in split_set and len(parts) - i == 3:
-        entries.append((part, parts[i + 1], name))
-        break
-  tree = _group_by_split(entries)
-  class_names = _check_splits(tree, splits, path)
-  result = _stack_splits(
-      {split: [(label, p, data[p]) for label in sorted(tree[split])
-               for p in sorted(tree[split][label])] for split in splits},
-      class_names, path)
-  return result, class_names
+        if member.isfile() or member.islnk() or member.issym():
+          try:
+            contents[member.name] = archive.extractfile(member).read()
+          except KeyError:  # a link to a file the archive does not hold
+            contents[member.name] = f"a link to {member.linkname!r}, which is not in the archive"
+      _check_archive_end(archive)
+  except (DatasetError, *_ARCHIVE_ERRORS) as e:
+    reason = str(e) if isinstance(e, DatasetError) else f"{type(e).__name__}: {e}"
+    raise DatasetError(f"archive {path} cannot be read whole ({reason}); copy or download "
+                       "it again (gzip -t checks a .tar.gz).") from e
+  return contents
+
+
+def _check_archive_end(archive: tarfile.TarFile) -> None:
+  """Reads `archive` (after its last member) to the end; DatasetError unless it ends whole.
+
+  After the last member comes an end-of-archive marker (zero blocks) and
+  zero padding; anything else is a damaged member header, a second archive
+  appended to the first (tar reads only the first), or missing.
+  """
+  stream = archive.fileobj
+  stream.seek(archive.offset)
+  block = stream.read(tarfile.BLOCKSIZE)
+  where = f"at byte {archive.offset} of the tar stream"
+  if len(block) < tarfile.BLOCKSIZE:
+    raise DatasetError(f"it ends without an end-of-archive marker ({where}, after "
+                       f"{len(archive.getmembers())} members): it was cut short")
+  if block.count(0) != tarfile.BLOCKSIZE:
+    raise DatasetError(f"the member header {where} is damaged")
+  while chunk := stream.read(1 << 20):  # to the end: decompressors check their checksums there
+    if chunk.count(0) != len(chunk):
+      raise DatasetError(f"it holds data after its end-of-archive marker ({where}), "
+                         "which tar would ignore: another archive appended to it?")
 
 
 # ---------------------------------------------------------------------------
@@ -292,8 +434,16 @@ def _offline_hint(name: str) -> str:
 def _split_from_examples(examples: Iterable[dict]) -> Split:
   images, labels = [], []
   for example in examples:
-    images.append(np.asarray(example["image"], np.uint8))
+    image = np.asarray(example["image"])
+    if image.dtype != np.uint8:  # a cast would wrap 16-bit values around
+      raise DatasetError(f"the dataset's images are {image.dtype}, not uint8; wacnn_jax "
+                         "trains on 8-bit images.")
+    images.append(image)
     labels.append(np.asarray(example["label"]))
+  if len({image.shape for image in images}) > 1:
+    raise DatasetError(
+        f"the dataset's images have different shapes {sorted({i.shape for i in images})[:4]}; "
+        "resize them all to one size (32x32 for the CIFAR models) first.")
   images = np.stack(images)
   if images.ndim == 3:  # grayscale datasets (mnist-like) have no channel axis
     images = images[..., None]

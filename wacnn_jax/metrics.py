@@ -18,6 +18,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 import tqdm
 
+from wacnn_jax import record_files
 from wacnn_jax import workdirs
 
 
@@ -74,23 +75,22 @@ class MetricsLog:
       self._tensorboard = [SummaryWriter(os.path.join(workdir, "tensorboard", f"replica{k}"))
                            for k in range(num_replicas)]
 
-  def truncate_after(self, epoch: int) -> None:
-    """Drops records of epochs after `epoch` (written before a crash), in one atomic rewrite.
+  def truncate_after(self, epoch: int, epoch_records: list[dict] | None = None) -> None:
+    """Keeps the records of epochs up to `epoch` (later ones are from a run that stopped
+    before saving them), in one atomic rewrite.
 
-    A torn line (the process was killed while appending it) is dropped too.
+    A torn last line (the process was killed while appending it) is dropped;
+    `epoch_records`, the records of `epoch` itself as its checkpoint saved
+    them, replace the file's when it does not hold all of them.
     """
-    if not (self.enabled and os.path.exists(self.path)):
+    if not self.enabled or not (os.path.exists(self.path) or epoch_records):
       return
-    kept = []
-    with open(self.path) as f:
-      for line in f:
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if record["epoch"] <= epoch:
-          kept.append(json.dumps(record) + "\n")
-    workdirs.write_atomically(self.path, "".join(kept))
+    kept = [r for r in record_files.read_json_lines(self.path) if r["epoch"] <= epoch]
+    if epoch_records and sum(r["epoch"] == epoch for r in kept) < len(epoch_records):
+      logging.warning("%s lacked records of epoch %d; written back from its checkpoint.",
+                      self.path, epoch)
+      kept = [r for r in kept if r["epoch"] < epoch] + epoch_records
+    workdirs.write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
   def write_epoch(self, records: list[dict]) -> None:
     """Appends one epoch's records, `records[k]` of replica k, in one write."""

@@ -36,13 +36,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
+from wacnn_jax import record_files
+
 # Config keys that do not define the experiment: runs that differ only in these
 # (and the seed) are repetitions of one configuration.
 IGNORED_KEYS = ("seed", "num_seeds", "mode", "checkpoint_step", "eval", "log_every_steps",
                 "keep_checkpoints", "checkpoint_every_epochs", "distributed",
                 "coordinator_address", "num_processes", "process_id",
                 "initialization_timeout", "heartbeat_timeout",
-                "steps_per_dispatch", "data.data_dir", "data.download")
+                "steps_per_dispatch", "data.data_dir", "data.download",
+                "data.allow_missing_classes", "data.cache_dir", "compilation_cache_dir")
 
 
 @dataclasses.dataclass
@@ -118,13 +121,9 @@ def _without(config: dict, keys: Sequence[str]) -> dict:
   return config
 
 
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
 def load_run(workdir: str, name: str | None = None) -> list[Run]:
-  """Reads a workdir: one Run per replica; ValueError when it has no config.json or metrics.jsonl."""
+  """Reads a workdir: one Run per replica; ValueError when it has no config.json or
+  metrics.jsonl, or one cannot be read (`record_files`: a torn last line is dropped)."""
   workdir = os.path.expanduser(workdir)
   paths = {k: os.path.join(workdir, k) for k in
            ("config.json", "metrics.jsonl", "model_summary.json", "eval.json")}
@@ -132,13 +131,12 @@ def load_run(workdir: str, name: str | None = None) -> list[Run]:
     if not os.path.exists(paths[required]):
       raise ValueError(f"{workdir!r} has no {required}: pass the --workdir of a "
                        "training run (python run_train.py ... --workdir DIR).")
-  with open(paths["metrics.jsonl"]) as f:
-    metrics = [json.loads(line) for line in f if line.strip()]
+  metrics = record_files.read_json_lines(paths["metrics.jsonl"])
   if not metrics:
     raise ValueError(f"{paths['metrics.jsonl']} is empty: the run has not finished an epoch.")
-  optional = {k: _read_json(paths[k]) if os.path.exists(paths[k]) else None
+  optional = {k: record_files.read_json(paths[k], default=None)
               for k in ("model_summary.json", "eval.json")}
-  config = _read_json(paths["config.json"])
+  config = record_files.read_json(paths["config.json"])
   name = name or os.path.basename(os.path.abspath(workdir))
   replicas = config["num_seeds"]
   evaluation = optional["eval.json"]

@@ -74,6 +74,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
+from wacnn_jax import record_files
 from wacnn_jax import report
 from wacnn_jax import run_pool
 from wacnn_jax import workdirs
@@ -99,8 +100,7 @@ REFERENCE_SETTINGS = ("batch_size=256",)
 # Config keys in which runs of one table may differ: those that do not change
 # the result (`report.IGNORED_KEYS`), and where the data and the caches are,
 # which differs between machines that continue one grid.
-SETTINGS_IGNORED = report.IGNORED_KEYS + ("data.image_folder", "data.cache_dir",
-                                          "compilation_cache_dir")
+SETTINGS_IGNORED = report.IGNORED_KEYS + ("data.image_folder",)
 # XLA's command buffers (CUDA graphs) with the epoch's `while` loop and conditionals
 # added to XLA's default set of captured commands, so that a whole scanned epoch can
 # become one graph: a value of `--xla_flags` to measure on a GPU (off until then).
@@ -181,14 +181,11 @@ def read_run(workdir: str) -> list[SeedRun]:
   """One SeedRun per replica, from metrics.jsonl, config.json, model_summary.json and
   reproduce.json of a workdir; [] before the run has written its config."""
 
-  def load(name, default):
+  def load(name, default):  # a torn last line or file: dropped or `default`, with a warning
     path = os.path.join(workdir, name)
-    if not os.path.exists(path):
-      return default
-    with open(path) as f:
-      if name.endswith(".jsonl"):
-        return [json.loads(line) for line in f if line.strip()]
-      return json.load(f)
+    if name.endswith(".jsonl"):
+      return record_files.read_json_lines(path)
+    return record_files.read_json(path, default=default)
 
   config = load("config.json", None)
   if config is None:
@@ -324,10 +321,7 @@ def _device() -> tuple[str, str]:
 def record_invocation(workdir: str, invocation: dict) -> None:
   """Appends `invocation` to `workdir`/reproduce.json, replaced atomically."""
   path = os.path.join(workdir, "reproduce.json")
-  invocations = []
-  if os.path.exists(path):
-    with open(path) as f:
-      invocations = json.load(f)
+  invocations = record_files.read_json(path, default=[])
   workdirs.write_atomically(path, json.dumps(invocations + [invocation], indent=1))
 
 

@@ -10,7 +10,6 @@ Used by evaluation, visualisation and notebooks.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -21,6 +20,7 @@ from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
 from wacnn_jax import steps
 from wacnn_jax import optim
+from wacnn_jax import record_files
 from wacnn_jax import train
 
 
@@ -49,8 +49,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise checkpointing.CheckpointError(
         f"{path} does not exist: {workdir!r} is not a training workdir.")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    return ml_collections.ConfigDict(record_files.read_json(path))
+  except record_files.RecordError as e:
+    raise record_files.RecordError(
+        f"{e} Give the run's config with --config FILE (and its --config.x=y overrides).") from e
 
 
 def abstract_train_state(config, model, dataset: input_pipeline.Dataset):

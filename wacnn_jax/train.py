@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import math
 import numbers
 import os
@@ -44,6 +45,7 @@ import numpy as np
 
 from wacnn_jax import checkpointing
 from wacnn_jax import compilation_cache
+from wacnn_jax import dataset_checks
 from wacnn_jax import epochs
 from wacnn_jax import input_pipeline
 from wacnn_jax import metrics
@@ -85,9 +87,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{field}={value!r} is out of range: it must be a finite "
                        f"number >= {least}.")
 
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ValueError(f"the config is a {type(config).__name__}, not an ml_collections."
+                     "ConfigDict: a config file's get_config() should build on "
+                     "configs/default.py's.")
   for field, least in NUMERIC_FIELD_MINIMUM.items():
     value = config
     for part in field.split("."):
+      if part not in value:
+        raise ValueError(f"the config has no field {field}: a config file's get_config() "
+                         "should build on configs/default.py's.")
       value = value[part]
     check(field, value, least)
   for boundary in config.schedule.boundaries:
@@ -145,26 +154,62 @@ def create_train_states(config, model, image_shape, learning_rate_fn) -> steps.T
 
 def checkpoint_identity(config, dataset: input_pipeline.Dataset) -> dict:
   """What must match between a checkpoint and any config restoring it: the model (its
-  attention as the canonical spec string), its classes, the number of replicas."""
+  attention as the canonical spec string), its classes, the number of replicas and
+  their seeds (which evaluation reports)."""
   identity = {f"model.{k}": v for k, v in config.model.to_dict().items()}
   identity["model.attention"] = str(AttentionSpec.parse(config.model.attention))
   identity["num_seeds"] = config.num_seeds
+  identity["seed"] = config.seed
   identity["num_classes"] = dataset.num_classes
   identity["class_names"] = list(dataset.class_names)
   identity["image_shape"] = list(dataset.image_shape)
   return identity
 
 
+# The config fields that may change when a run resumes (README, "When things go
+# wrong"): how long, how fast, where and with what cadence it trains, the data's
+# location (its content is compared by checksum) and, after divergence, the
+# learning rate. Every other field must match the checkpoint's.
+RESUMABLE_FIELDS = (
+    "num_epochs", "optimizer.learning_rate", "eval_batch_size", "steps_per_dispatch",
+    "checkpoint_every_epochs", "keep_checkpoints", "log_every_steps",
+    "distributed", "coordinator_address", "num_processes", "process_id",
+    "initialization_timeout", "heartbeat_timeout", "compilation_cache_dir",
+    "data.dataset", "data.image_folder", "data.data_dir", "data.download", "data.cache_dir",
+    "data.allow_missing_classes")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  """{dotted key: JSON value} of a nested dict (tuples become lists, as in a checkpoint's meta)."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = json.loads(json.dumps(value))
+  return flat
+
+
 def resume_identity(config, dataset: input_pipeline.Dataset) -> dict:
   """`checkpoint_identity` plus what must also match to train on from a checkpoint.
 
-  The dataset, and what fixes the steps of an epoch (the batch size and the
-  number of training examples): checkpoint steps, the learning-rate schedule
-  and the epochs' batches are all counted in them.
+  Every config field but RESUMABLE_FIELDS (the seed, batch size, optimiser,
+  schedule, subsets, augmentation, precision, ...), the number of training
+  examples, and the data as trained on: the sha256 of each split's decoded
+  images and labels (`dataset_checks.content_sha256`), and of the source file
+  where it is one (compared only as `checkpointing.IDENTITY_FALLBACKS` says).
   """
-  return dict(checkpoint_identity(config, dataset), dataset=dataset.name,
-              batch_size=config.batch_size,
-              **{"training examples (data.max_train_examples)": len(dataset.train)})
+  identity = {k: v for k, v in _flat(config.to_dict()).items() if k not in RESUMABLE_FIELDS}
+  identity.update(checkpoint_identity(config, dataset))
+  identity["training examples (data.max_train_examples)"] = len(dataset.train)
+  for split in ("train", "test"):
+    data = getattr(dataset, split)
+    identity[f"{split} data sha256"] = (
+        dataset.summary.splits[split].sha256 if dataset.summary
+        else dataset_checks.content_sha256(data.images, data.labels))
+  if dataset.summary and dataset.summary.source_sha256:
+    identity["data source sha256"] = dataset.summary.source_sha256
+  return identity
 
 
 # ---------------------------------------------------------------------------
@@ -180,6 +225,7 @@ class Progress:
   best_accuracy: np.ndarray  # (R,) each replica's best test accuracy
   best_mean: float = 0.0  # the best test accuracy averaged over the replicas
   checkpoint_epoch: int | None = None  # the epoch of the newest checkpoint
+  checkpoint_records: list[dict] | None = None  # its epoch's metrics.jsonl records
 
   def add_test_accuracy(self, test_accuracy: np.ndarray) -> bool:
     """Takes an epoch's test accuracies (R,); whether their mean is the best so far."""
@@ -189,12 +235,13 @@ class Progress:
     self.best_mean = max(self.best_mean, mean)
     return is_best
 
-  def checkpoint_meta(self, epoch: int, test_accuracy: np.ndarray) -> dict:
-    """The meta saved with the checkpoint of (1-based) `epoch`."""
+  def checkpoint_meta(self, epoch: int, test_accuracy: np.ndarray, records: list[dict]) -> dict:
+    """The meta saved with the checkpoint of (1-based) `epoch`, with its metrics `records`."""
     return {"epoch": epoch, "test_accuracy": float(test_accuracy.mean()),
             "best_test_accuracy": self.best_mean,
             "replica_test_accuracy": test_accuracy.tolist(),
-            "replica_best_test_accuracy": self.best_accuracy.tolist()}
+            "replica_best_test_accuracy": self.best_accuracy.tolist(),
+            "records": records}
 
 
 def create_runner(config, dataset: input_pipeline.Dataset, topology: parallel.Topology):
@@ -221,7 +268,8 @@ def restore_or_initialize(initial_state: Callable[[], steps.TrainState],
     return initial_state(), Progress(0, np.zeros(num_replicas))
   latest, state, meta = restored
   progress = Progress(meta["epoch"], np.asarray(meta["replica_best_test_accuracy"]),
-                      meta["best_test_accuracy"], checkpoint_epoch=meta["epoch"])
+                      meta["best_test_accuracy"], checkpoint_epoch=meta["epoch"],
+                      checkpoint_records=meta.get("records"))
   logging.info("Resumed from %s/%d: epoch %d, best test accuracy %s",
                checkpoints.directory, latest, progress.epoch,
                " ".join(f"{a:.4f}" for a in progress.best_accuracy))
@@ -229,9 +277,13 @@ def restore_or_initialize(initial_state: Callable[[], steps.TrainState],
 
 
 def write_run_info(config, workdir: str, runner: epochs.EpochRunner, state) -> None:
-  """config.json and the model summary (replica 0's variables) of a run starting to train."""
+  """config.json, dataset.json (`dataset_checks.DatasetSummary`) and the model summary
+  (replica 0's variables) of a run starting to train."""
   workdirs.write_atomically(os.path.join(workdir, "config.json"),
                             config.to_json_best_effort(indent=2))
+  data = runner.dataset.summary or dataset_checks.summarize(runner.dataset, runner.dataset.name)
+  workdirs.write_atomically(os.path.join(workdir, "dataset.json"),
+                            json.dumps(data.to_json(), indent=1))
   first = steps.replica(state, 0)
   summary = metrics.model_summary(
       create_model(config, runner.dataset.num_classes, axis_name=None),
@@ -302,7 +354,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         metrics.MetricsLog(workdir, enabled=primary, num_replicas=config.num_seeds))
     state, progress = restore_or_initialize(initial_state, checkpoints, config.num_seeds)
     # Records of later epochs are from a run that stopped before saving them.
-    metrics_log.truncate_after(progress.epoch)
+    metrics_log.truncate_after(progress.epoch, progress.checkpoint_records)
     if progress.epoch >= config.num_epochs:
       logging.warning("Nothing to train: %s", f"num_epochs={config.num_epochs}."
                       if progress.checkpoint_epoch is None else
@@ -337,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           or is_best):
         host_state = parallel.unreplicate(state)
         checkpoints.save(int(host_state.step[0]), host_state,
-                         progress.checkpoint_meta(epoch + 1, test_accuracy))
+                         progress.checkpoint_meta(epoch + 1, test_accuracy, records))
         progress.checkpoint_epoch = epoch + 1
 
   # Finish.

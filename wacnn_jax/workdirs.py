@@ -63,8 +63,12 @@ def lock(workdir: str) -> Iterator[None]:
       raise WorkdirError(
           f"--workdir {workdir} is in use by another run ({holder}); wait for it to "
           "end, or use another --workdir.") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    try:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    except OSError as e:  # a full disk
+      raise WorkdirError(f"cannot write the lock file {path} ({e.strerror or e}); free some "
+                         "space or use another --workdir.") from e
     yield
   finally:
     os.close(fd)  # releases the lock
@@ -83,7 +87,9 @@ def write_atomically(path: str, text: str | bytes) -> None:
       f.flush()
       os.fsync(f.fileno())
     os.replace(temporary, path)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(OSError):
       os.unlink(temporary)
+    if isinstance(e, OSError) and e.filename is None:  # name the file (a full disk)
+      raise OSError(e.errno, e.strerror, path) from e
     raise
