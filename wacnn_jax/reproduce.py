@@ -98,7 +98,7 @@ DEFAULT_SEEDS = 4
 # --arch mobilenetv2 --attention_type wad --attention_param haar`.
 REFERENCE_SETTINGS = ("batch_size=256",)
 # Config keys in which runs of one table may differ: those that do not change
-# the result (`report.IGNORED_KEYS`), and where the data and the caches are,
+# the result (`report.IGNORED_KEYS`, the cache folders among them), and where the data is,
 # which differs between machines that continue one grid.
 SETTINGS_IGNORED = report.IGNORED_KEYS + ("data.image_folder",)
 # XLA's command buffers (CUDA graphs) with the epoch's `while` loop and conditionals
