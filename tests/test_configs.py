@@ -57,3 +57,21 @@ def test_a_config_file_that_does_not_load_is_one_line(tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.startswith(f"error: --config {broken} does not load (SyntaxError: ")
   assert len(err.strip().splitlines()) == 1
+
+
+def test_each_command_line_reads_its_own_config_file(tmp_path, capsys):
+  """Two parses in one process (a notebook, the tests): the second file's code alone counts.
+
+  ml_collections runs a config file inside the module an earlier parse left in
+  sys.modules, so a file without get_config() used to borrow the earlier one's.
+  """
+  with pytest.raises(SystemExit):  # loads configs/cifar.py, then refuses the setting
+    cli.main(["run_train.py", "train", "--config", "configs/cifar.py:depth=3",
+              "--workdir", str(tmp_path)])
+  capsys.readouterr()
+  no_config = tmp_path / "no_config.py"
+  no_config.write_text("x = 1\n")
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["run_train.py", "train", "--config", str(no_config), "--workdir", str(tmp_path)])
+  assert exit_info.value.code == 2
+  assert "defines no get_config()" in capsys.readouterr().err

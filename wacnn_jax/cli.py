@@ -135,6 +135,10 @@ def parse_flags(flag_values: flags.FlagValues, argv: list[str],
       _exit_with_usage_error(
           f"--config.{key} is not an experiment setting: evaluate a checkpoint with "
           "`python -m wacnn_jax evaluate --workdir W [--eval.step=N] [--eval.noise=True]`.")
+  # ml_collections loads a config file as the module "config_config" with
+  # SourceFileLoader.load_module, which runs a new file inside an earlier parse's
+  # module (its get_config() included): every parse starts from a fresh one.
+  sys.modules.pop("config_config", None)
   try:
     remaining = flag_values(argv)
   except flags.Error as e:  # a bad value, an unknown or a missing flag

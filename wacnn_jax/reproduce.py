@@ -295,6 +295,7 @@ def run_config(command: Sequence[str]) -> dict:
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, flag_values=flag_values,
                                   lock_config=True, sys_argv=argv)
+  sys.modules.pop("config_config", None)  # a fresh config module (see cli.parse_flags)
   try:
     flag_values(argv)
   except Exception as e:  # pylint: disable=broad-except
