@@ -28,9 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "cifar10"  # any tfds dataset with image/label features
   config.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir
-  # A folder <root>/{train,test}/<label>/*.jpg|png, or a .tar.gz of one; when
-  # set, it is used instead of tfds.
+  # A folder <root>/{train,test}/<label>/*.jpg|png, or a .tar.gz of one, or an
+  # official CIFAR archive as downloaded (cifar-10-python.tar.gz,
+  # cifar-100-binary.tar.gz, ...; https://www.cs.toronto.edu/~kriz/cifar.html);
+  # when set, it is used instead of tfds.
   config.data.image_folder = ml_collections.config_dict.placeholder(str)
+  # CIFAR-100 archives: the 100 "fine" labels or the 20 "coarse" superclasses.
+  config.data.cifar100_labels = "fine"
   config.data.download = True  # let tfds download and prepare when missing
   config.data.train_split = "train"
   config.data.test_split = "test"

@@ -10,7 +10,9 @@ CIFAR-sized datasets fit in accelerator memory, so the pipeline is two steps:
      `tfds.folder_dataset.ImageFolder`), or a `.tar`/`.tar.gz` archive of one.
      A file that Pillow cannot decode is refused, not skipped (the error names
      it and counts the others), so that a run never trains on a silently
-     smaller dataset.
+     smaller dataset; or
+   - an official CIFAR-10/100 archive as downloaded (`cifar_archives`:
+     python or binary version, exact pixels), also through `image_folder`.
 2. `augment_batch` / `normalize` run inside the jitted train and eval steps:
    zero-pad 4, random crop, random horizontal flip, then per-channel
    normalisation with the CIFAR mean and standard deviation (the reference's).
@@ -36,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import PIL
 from PIL import Image
+
+from wacnn_jax import cifar_archives
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -97,14 +101,21 @@ class Dataset:
 def load_dataset(data_config) -> Dataset:
   """Loads the dataset that `data_config` names (see `configs/default.py`).
 
-  Fields read: `dataset`, `data_dir`, `image_folder`, `download`,
-  `train_split`, `test_split`, `max_train_examples`, `max_test_examples`.
-  In a run of several processes every process reads the whole dataset.
+  Fields read: `dataset`, `data_dir`, `image_folder`, `cifar100_labels`,
+  `download`, `train_split`, `test_split`, `max_train_examples`,
+  `max_test_examples`. In a run of several processes every process reads the
+  whole dataset.
   """
+  cifar100_labels = data_config.get("cifar100_labels", "fine")
   if data_config.image_folder:
     dataset = read_image_folder(
         data_config.image_folder,
-        splits=(data_config.train_split, data_config.test_split))
+        splits=(data_config.train_split, data_config.test_split),
+        cifar100_labels=cifar100_labels)
+  elif cifar100_labels != "fine":
+    raise ValueError(f"data.cifar100_labels={cifar100_labels!r} applies to the official "
+                     "CIFAR-100 archive (data.image_folder=cifar-100-python.tar.gz or "
+                     "cifar-100-binary.tar.gz); tfds datasets give their 'label'.")
   else:
     dataset = read_tfds(
         data_config.dataset,
@@ -188,17 +199,27 @@ def _check_splits(tree, splits, where) -> tuple[str, ...]:
   return class_names
 
 
-def read_image_folder(path: str, splits=("train", "test")) -> Dataset:
-  """Reads `path/<split>/<label>/<file>` (or an archive holding one such root).
+def read_image_folder(path: str, splits=("train", "test"), cifar100_labels: str = "fine"
+                      ) -> Dataset:
+  """Reads `path/<split>/<label>/<file>` (or an archive holding one such root), or an
+  official CIFAR archive (`cifar_archives`, recognised by its content).
 
   Labels are the sub-folder names in sorted order (as ImageFolder assigns them);
   files are read in sorted order, so the result is deterministic.
+  `cifar100_labels`: 'fine' or 'coarse' (official CIFAR-100 archives only).
   """
   path = os.path.expanduser(str(path))
   if not os.path.exists(path):
     raise DatasetError(
         f"data.image_folder={path!r} does not exist. Point it at a folder "
-        "<root>/{train,test}/<label>/*.jpg (or a .tar.gz of one).")
+        "<root>/{train,test}/<label>/*.jpg (or a .tar.gz of one), or at an official CIFAR "
+        f"archive such as cifar-10-python.tar.gz ({cifar_archives.DOWNLOAD_PAGE}).")
+  cifar = cifar_archives.detect(path)
+  if cifar is not None:
+    return _read_cifar_archive(path, cifar, splits, cifar100_labels)
+  if cifar100_labels != "fine":
+    raise ValueError(f"data.cifar100_labels={cifar100_labels!r} applies to the official "
+                     f"CIFAR-100 archive; {path} is an image folder.")
   if os.path.isdir(path):
     entries = []
     for split in sorted(os.listdir(path)):
@@ -232,6 +253,19 @@ def read_image_folder(path: str, splits=("train", "test")) -> Dataset:
     name = name.removesuffix(suffix)
   return Dataset(name=name, train=result[splits[0]], test=result[splits[1]],
                  class_names=class_names)
+
+
+def _read_cifar_archive(path: str, layout, splits, labels: str) -> Dataset:
+  """An official CIFAR archive (`cifar_archives`) as a Dataset of its train and test splits."""
+  if tuple(splits) != ("train", "test"):
+    raise DatasetError(f"{path} is {layout.name}, whose splits are train and test; leave "
+                       f"data.train_split/test_split at train/test (not {list(splits)}).")
+  try:
+    cifar = cifar_archives.read_cifar_archive(path, labels, layout)
+  except cifar_archives.CifarArchiveError as e:
+    raise DatasetError(str(e)) from e
+  return Dataset(name=cifar.name, train=Split(cifar.train_images, cifar.train_labels),
+                 test=Split(cifar.test_images, cifar.test_labels), class_names=cifar.class_names)
 
 
 def _read_image_archive(path: str, splits):
@@ -279,11 +313,13 @@ def _network_reachable(host: str = "storage.googleapis.com", port: int = 443,
 
 def _offline_hint(name: str) -> str:
   return (
-      f"To train without network, point data.data_dir at a folder where "
-      f"tfds has already prepared {name!r} (copy ~/tensorflow_datasets from a "
-      "machine with network), or set data.image_folder to a folder "
-      "<root>/{train,test}/<label>/*.jpg or a .tar.gz of one (for example "
-      "--config.data.image_folder=../shared/data/cifar10-jpeg.tar.gz).")
+      f"To train without network, set data.image_folder to an official CIFAR archive "
+      f"as downloaded from {cifar_archives.DOWNLOAD_PAGE} (e.g. "
+      "--config.data.image_folder=cifar-10-python.tar.gz), to a folder "
+      "<root>/{train,test}/<label>/*.jpg or a .tar.gz of one (a smoke run: "
+      "--config.data.image_folder=tests/data/cifar10-mini.tar.gz), or point data.data_dir "
+      f"at a folder where tfds has already prepared {name!r} (copied from "
+      "~/tensorflow_datasets of a machine with network).")
 
 
 def _split_from_examples(examples: Iterable[dict]) -> Split:
