@@ -15,7 +15,8 @@ of a (1, 32, 32, 3) input with `{"params": PRNGKey(0), "dropout": PRNGKey(1)}`:
 The methods of an arch run side by side (interleaved per repeat), so a load
 on the machine affects them alike. Printed: a markdown table of the medians
 of wall-clock and CPU seconds (user + system of the process, less sensitive
-to other processes on the machine), the ratios eager/init and jit/init, and
+to other processes on the machine), the ratios eager/init and jit/init of
+both, and
 whether `init`'s variables equal `jit`'s bit for bit (from the last repeat).
 """
 
@@ -88,15 +89,18 @@ def main() -> None:
         f"{jax.devices()[0].device_kind} (JAX {jax.__version__}); medians of {args.repeats} "
         "fresh process(es) per cell, wall / CPU seconds.\n")
   header = [f"{m} wall / CPU (s)" for m in methods]
-  ratios = [f"{m}/init" for m in methods if m != "init" and "init" in methods]
-  print("| arch | " + " | ".join(header + ratios) + (" | init == jit |" if {"init", "jit"} <= set(methods) else " |"))
-  print("|---" * (1 + len(header) + len(ratios) + ({"init", "jit"} <= set(methods))) + "|")
+  ratios = [f"{m}/init wall / CPU" for m in methods if m != "init" and "init" in methods]
+  compared = {"init", "jit"} <= set(methods)
+  columns = ["arch"] + header + ratios + (["init == jit"] if compared else [])
+  print("| " + " | ".join(columns) + " |")
+  print("|---" * len(columns) + "|")
   for arch, runs in rows:
     wall = {m: statistics.median(r["wall"] for r in runs[m]) for m in methods}
     cpu = {m: statistics.median(r["cpu"] for r in runs[m]) for m in methods}
     cells = [f"{wall[m]:.1f} / {cpu[m]:.1f}" for m in methods]
-    cells += [f"{wall[m] / wall['init']:.1f}x" for m in methods if m != "init" and "init" in methods]
-    if {"init", "jit"} <= set(methods):
+    cells += [f"{wall[m] / wall['init']:.1f}x / {cpu[m] / cpu['init']:.1f}x"
+              for m in methods if m != "init" and "init" in methods]
+    if compared:
       cells.append(str(runs["init"][-1]["digest"] == runs["jit"][-1]["digest"]))
     print(f"| {arch} | " + " | ".join(cells) + " |")
 
