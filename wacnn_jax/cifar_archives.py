@@ -1,18 +1,23 @@
 """The official CIFAR-10 and CIFAR-100 archives, read as downloaded: exact pixels, no TensorFlow.
 
-    dataset = read_cifar_archive("cifar-10-python.tar.gz")             # or a folder of it
-    dataset = read_cifar_archive("cifar-100-binary.tar.gz", labels="coarse")
+    cifar = read_cifar_archive("cifar-10-python.tar.gz")      # or the folder it extracts to
+    cifar = read_cifar_archive("cifar-100-binary.tar.gz", labels="coarse")
+    cifar.train_images    # uint8 (50000, 32, 32, 3)
 
-The four archives of https://www.cs.toronto.edu/~kriz/cifar.html, read in
-one pass through the gzip stream (nothing is extracted), or the folder that
-extracting one gives:
+The four archives of https://www.cs.toronto.edu/~kriz/cifar.html, read from
+the gzip stream (nothing is extracted), or the folder that extracting one
+gives; `input_pipeline.read_image_folder` (`data.image_folder`) dispatches
+here:
 
-| archive | files | labels |
-|---|---|---|
-| cifar-10-python.tar.gz | `cifar-10-batches-py/data_batch_1..5`, `test_batch`, `batches.meta` | `b"labels"`; names `b"label_names"` |
-| cifar-10-binary.tar.gz | `cifar-10-batches-bin/data_batch_1..5.bin`, `test_batch.bin`, `batches.meta.txt` | 1 byte per record; names one per line |
-| cifar-100-python.tar.gz | `cifar-100-python/train`, `test`, `meta` | `b"fine_labels"`, `b"coarse_labels"`; `b"fine_label_names"`, `b"coarse_label_names"` |
-| cifar-100-binary.tar.gz | `cifar-100-binary/train.bin`, `test.bin`, `fine_label_names.txt`, `coarse_label_names.txt` | 2 bytes per record: coarse, then fine |
+- `cifar-10-python.tar.gz`: `cifar-10-batches-py/data_batch_1..5`,
+  `test_batch` (labels `b"labels"`), `batches.meta` (`b"label_names"`);
+- `cifar-10-binary.tar.gz`: `cifar-10-batches-bin/data_batch_1..5.bin`,
+  `test_batch.bin` (1 label byte per record), `batches.meta.txt` (a name a line);
+- `cifar-100-python.tar.gz`: `cifar-100-python/train`, `test` (`b"fine_labels"`,
+  `b"coarse_labels"`), `meta` (`b"fine_label_names"`, `b"coarse_label_names"`);
+- `cifar-100-binary.tar.gz`: `cifar-100-binary/train.bin`, `test.bin` (2 label
+  bytes per record: coarse, then fine), `fine_label_names.txt`,
+  `coarse_label_names.txt`.
 
 A python batch is a pickled dict whose `b"data"` is uint8 (N, 3072): each row
 the 1024 red, then green, then blue values of a 32x32 image in row-major
@@ -158,8 +163,8 @@ def _unpickle(data: bytes, where: str) -> dict:
 
 def _field(batch: dict, key: bytes, where: str):
   if key not in batch:
-    raise CifarArchiveError(f"{where} has no {key.decode()!r} entry (it has "
-                            f"{sorted(k.decode() if isinstance(k, bytes) else str(k) for k in batch)}).")
+    keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in batch)
+    raise CifarArchiveError(f"{where} has no {key.decode()!r} entry (it has {keys}).")
   return batch[key]
 
 

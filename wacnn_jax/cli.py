@@ -7,9 +7,12 @@
     python -m wacnn_jax reproduce --data D [--table cifar10] [--budget S ...]
 
 `run_train.py --config ... --workdir ...` is `train`. Every command takes
-absl `--flag=value` flags (`--helpfull` lists them); a bad command line is
-one `error:` line on stderr and exit status 2; a problem with the user's input
-found later (USER_ERRORS) is one `error:` line and exit status 1.
+absl `--flag=value` flags (`COMMAND --help` lists them with their defaults);
+a bad command line or config value is one `error:` line on stderr and exit
+status 2, before anything is written; a problem with the user's input found
+later (USER_ERRORS) is one `error:` line and exit status 1. A `--config
+configs/...` that is not in the current folder is taken from the installed
+`configs` package.
 """
 
 from __future__ import annotations
@@ -227,7 +230,8 @@ def _define_train(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _check_config(config: ml_collections.ConfigDict) -> None:
-  """A bad config value (`train.validate_config`) is a usage error: one line, status 2, no error.log."""
+  """A bad config value (`train.validate_config`) is a usage error: one `error:` line,
+  status 2, no error.log."""
   try:
     train.validate_config(config)
   except ValueError as e:
@@ -386,7 +390,8 @@ def usage() -> str:
 def _command_line_value(value) -> str:
   """A default as it is written on the command line: (0.0, 0.1), True, -1, wa."""
   if isinstance(value, (tuple, list)):
-    return "(" + ", ".join(_command_line_value(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    items = ", ".join(_command_line_value(v) for v in value)
+    return f"({items},)" if len(value) == 1 else f"({items})"
   return str(value) if isinstance(value, str) else repr(value)
 
 
