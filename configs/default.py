@@ -1,6 +1,6 @@
 """Default: ResNet18 (the reference's 20-layer CIFAR ResNet) + WA on CIFAR-10.
 
-The reference recipe (`../shared/reference-wacnn.md`, "Training recipe"):
+The reference recipe (the paper's code, `cifar_main.py` and `train.sh`):
 SGD momentum 0.9, weight decay 5e-4 coupled into every gradient, LR 0.1 for
 epochs 0-80, 0.01 for 81-120, 0.001 after, 160 epochs, batch 128, test batch 100.
 """

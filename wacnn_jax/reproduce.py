@@ -1,7 +1,7 @@
 """Reproduce the paper's comparison: a grid of (arch, attention, seed) runs, with error bars.
 
     python -m wacnn_jax reproduce --table cifar10 --archs resnet18,mobilenetv2,vgg16_bn \
-        --attentions none,wa --seeds 4 --data ../shared/data/cifar10-jpeg.tar.gz \
+        --attentions none,wa --seeds 4 --data DATA \
         [--seeds_per_run N] [--budget SECONDS] [--results results] [--set num_epochs=2 ...]
 
 Every run is `run_train.py` with `configs/default.py` (the reference recipe),
