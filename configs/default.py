@@ -1,6 +1,6 @@
 """Default: ResNet18 (the reference's 20-layer CIFAR ResNet) + WA on CIFAR-10.
 
-The reference recipe (`../shared/reference-wacnn.md`, "Training recipe"):
+The reference recipe (the paper's code, `cifar_main.py` and `train.sh`):
 SGD momentum 0.9, weight decay 5e-4 coupled into every gradient, LR 0.1 for
 epochs 0-80, 0.01 for 81-120, 0.001 after, 160 epochs, batch 128, test batch 100.
 """
@@ -28,9 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.dataset = "cifar10"  # any tfds dataset with image/label features
   config.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir
-  # A folder <root>/{train,test}/<label>/*.jpg|png, or a .tar.gz of one; when
-  # set, it is used instead of tfds.
+  # A folder <root>/{train,test}/<label>/*.jpg|png, or a .tar.gz of one, or an
+  # official CIFAR archive as downloaded (cifar-10-python.tar.gz,
+  # cifar-100-binary.tar.gz, ...; https://www.cs.toronto.edu/~kriz/cifar.html);
+  # when set, it is used instead of tfds.
   config.data.image_folder = ml_collections.config_dict.placeholder(str)
+  # CIFAR-100 archives: the 100 "fine" labels or the 20 "coarse" superclasses.
+  config.data.cifar100_labels = "fine"
   # Where an image folder's decoded uint8 splits are cached, so that later runs
   # skip decoding (wacnn_jax.dataset_cache); unset = $XDG_CACHE_HOME/wacnn_jax/datasets
   # (~/.cache/wacnn_jax/datasets), '' = no cache. tfds datasets are not cached.

@@ -2,12 +2,14 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 from tests.helpers import REPO_ROOT
+from wacnn_jax import cli
 
 # Runs run_train.py with `tensorflow` hidden from the import system, as on a
 # machine where it is not installed, and reports whether anything imported it.
@@ -47,6 +49,11 @@ def test_smoke_config_trains_without_tensorflow(cifar10_mini, tmp_path):
   assert "epoch   2/2" in result.stderr
   records = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
   assert len(records) == 2 and records[-1]["test_examples"] == 256
+  # What it says while it works: the data, each epoch with the time left, the end.
+  assert "loaded 512 train + 256 test images in" in result.stderr
+  assert re.search(r"epoch   1/2 .* ETA \d", result.stderr)
+  assert re.search(r"finished epoch 2/2 \(2 trained in .*\): best test top-1 0\.\d+ \(epoch \d\), "
+                   r"final 0\.\d+; checkpoints in .*checkpoints", result.stderr)
   assert any(name.isdigit() for name in os.listdir(workdir / "checkpoints"))
   assert "parameters:" in (workdir / "model_summary.txt").read_text()
   # The console holds the progress lines, not Orbax's INFO chatter per save.
@@ -60,16 +67,25 @@ def test_unknown_override_key_lists_the_valid_keys(tmp_path):
   assert result.returncode != 0
   assert "bad config override" in result.stderr
   assert "model.attention" in result.stderr and "Traceback" not in result.stderr
+  assert "\\" not in result.stderr.splitlines()[0]  # no escaped quotes: 'attentoin', not \'attentoin\'
 
 
-def test_unknown_arch_is_one_readable_line(tmp_path, synthetic_folder):
-  result = run_cli("--config", "configs/cifar.py:smoke", "--workdir", str(tmp_path),
-                   f"--config.data.image_folder={synthetic_folder}",
-                   "--config.model.arch=resnet19", hide_tensorflow=False)
-  assert result.returncode == 1
-  assert "error:" in result.stderr and "resnet18" in result.stderr
-  assert "Traceback" not in result.stderr
-  assert os.path.exists(tmp_path / "error.log")
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.arch=resnet19", "unknown arch 'resnet19'; choose one of: resnet18"),
+    ("--config.model.attention=se(foo=1)", "se has no option 'foo'"),
+    ("--config.data.cifar100_labels=medium", "data.cifar100_labels='medium' is not one of"),
+])
+def test_bad_model_and_data_values_are_usage_errors(override, message, tmp_path, synthetic_folder,
+                                                   capsys, monkeypatch):
+  """Like every bad config value: one line, status 2, nothing written (no error.log)."""
+  monkeypatch.chdir(REPO_ROOT)
+  with pytest.raises(SystemExit) as exit_info:
+    cli.main(["run_train.py", "train", "--config", "configs/cifar.py:smoke", "--workdir",
+              str(tmp_path / "run"), f"--config.data.image_folder={synthetic_folder}", override])
+  assert exit_info.value.code == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+  assert not os.path.exists(tmp_path / "run")
 
 
 def test_missing_dataset_says_how_to_fix(tmp_path):
@@ -98,3 +114,26 @@ def test_bad_command_lines_are_one_line_and_status_2(args, message, tmp_path):
   lines = result.stderr.splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
   assert not os.listdir(tmp_path)
+
+
+def test_train_help_teaches_the_config_syntax(capsys, monkeypatch):
+  monkeypatch.chdir(REPO_ROOT)
+  assert cli.main(["run_train.py", "train", "--help"]) == 0
+  text = capsys.readouterr().out
+  assert text.startswith("usage: run_train.py ")
+  assert "--config FILE[:SETTINGS]" in text and "(required)" in text
+  assert "--config.FIELD=VALUE" in text
+  assert "configs/cifar.py:smoke" in text and "configs/cifar.py:dataset=cifar100,arch=vgg16_bn" in text
+  # With a config: its fields, each as the override that sets it, with its value.
+  assert cli.main(["run_train.py", "train", "--config", "configs/cifar.py:smoke", "--help"]) == 0
+  text = capsys.readouterr().out
+  assert "--config.num_epochs=2" in text and "--config.model.attention=wa" in text
+  assert "--config.schedule.boundaries=(1,)" in text
+
+
+def test_evaluate_help_shows_defaults_as_values(capsys):
+  assert cli.main(["wacnn_jax/__main__.py", "evaluate", "--help"]) == 0
+  text = capsys.readouterr().out
+  assert "--eval.gaussian_stddevs=(0.0, 0.02, 0.05, 0.1, 0.2)" in text
+  assert "--eval.noise=False" in text and "--eval.step=-1" in text
+  assert "!!python" not in text and "(required) Workdir" in text

@@ -186,3 +186,48 @@ def test_restored_state_matches_the_training_result(smoke_wa_run):
       train=False)
   assert logits.shape == (8, 10) and np.isfinite(np.asarray(logits)).all()
   assert isinstance(restored.state, steps.TrainState)
+
+
+# ---------------------------------------------------------------------------
+# The noise sweep's defaults, and eval.json kept across evaluations.
+# ---------------------------------------------------------------------------
+
+
+def test_noise_sweep_defaults_run_all_three_corruptions():
+  pairs = evaluate.noise_sweep(evaluate.default_options())
+  for name in ("gaussian", "salt_pepper", "blur"):
+    strengths = [s for n, s in pairs if n == name]
+    assert len(strengths) >= 4 and strengths == sorted(strengths), (name, strengths)
+
+
+def _row(name, strength, accuracy):
+  return {"corruption": name, "strength": strength, "accuracy": accuracy}
+
+
+def test_merge_keeps_what_was_not_recomputed():
+  base = {"step": 16, "dataset": "d", "count": 4, "class_names": ["a"], "model": {"arch": "r"}}
+  earlier = dict(base, noise=[_row("gaussian", 0.1, 0.5), _row("blur", 1.0, 0.4)],
+                 replicas=[{"noise": [_row("gaussian", 0.1, 0.5), _row("blur", 1.0, 0.4)]}],
+                 figures=["confusion.png", "attention_maps_wa0.png"])
+  new = dict(base, noise=[_row("gaussian", 0.1, 0.6), _row("salt_pepper", 0.05, 0.3)],
+             replicas=[{"noise": [_row("gaussian", 0.1, 0.6), _row("salt_pepper", 0.05, 0.3)]}],
+             figures=["confusion.png"])
+  merged, kept = evaluate.merge_with_earlier(new, earlier)
+  assert kept == 1
+  expected = [_row("gaussian", 0.1, 0.6), _row("salt_pepper", 0.05, 0.3), _row("blur", 1.0, 0.4)]
+  assert merged["noise"] == expected and merged["replicas"][0]["noise"] == expected
+  assert merged["figures"] == ["confusion.png", "attention_maps_wa0.png"]
+  # Another checkpoint (or test set): the new result replaces the old one.
+  for key, value in (("step", 8), ("count", 5), ("dataset", "e")):
+    assert evaluate.merge_with_earlier(dict(new, **{key: value}), earlier) == (
+        dict(new, **{key: value}), 0)
+
+
+def test_a_later_evaluation_keeps_the_noise_sweep(evaluated_wa_run, tmp_path):
+  run, first, _ = evaluated_wa_run
+  run = copy_run(run, tmp_path / "run")
+  result = evaluate.evaluate_checkpoint(run.config, run.workdir, verbose=False)  # no noise
+  saved = json.load(open(os.path.join(run.workdir, "eval.json")))
+  assert saved["noise"] == first["noise"] == result["noise"]
+  assert saved["replicas"][0]["noise"] == first["replicas"][0]["noise"]
+  assert saved["accuracy"] == first["accuracy"]

@@ -504,7 +504,8 @@ def test_config_is_checked_and_workdir_prepared_before_any_data(tmp_path, subpro
   """One line each; the missing image folder is never reached."""
   missing = str(tmp_path / "no-such-folder")
   result = run_cli(subprocess_env, tmp_path / "a", missing, "--config.checkpoint_every_epochs=0")
-  assert_one_error_line(result, "checkpoint_every_epochs=0 is out of range")
+  assert_one_error_line(result, "checkpoint_every_epochs=0 is out of range", returncode=2)
+  assert not os.path.exists(tmp_path / "a")  # a bad config value: nothing written
 
   a_file = tmp_path / "a_file"
   a_file.write_text("")

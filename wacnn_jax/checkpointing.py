@@ -153,6 +153,23 @@ def _drop_restore_aftermath() -> None:
   python_logging.getLogger("asyncio").addFilter(_AbandonedReadFilter())
 
 
+# What Orbax warns about every read-only manager (ours only restore): nothing to act on.
+READ_ONLY_NOTICES = ("Given directory is read only",)
+
+
+class _ReadOnlyNoticeFilter(python_logging.Filter):
+  """Drops Orbax's READ_ONLY_NOTICES (absl logger); passes every other record on."""
+
+  def filter(self, record: python_logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(READ_ONLY_NOTICES)
+
+
+def _drop_read_only_notices() -> None:
+  logger = python_logging.getLogger("absl")
+  if not any(isinstance(f, _ReadOnlyNoticeFilter) for f in logger.filters):
+    logger.addFilter(_ReadOnlyNoticeFilter())
+
+
 class Checkpointer:
   """Saves and restores `(state, meta)` pairs in `workdir/checkpoints`.
 
@@ -171,6 +188,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         create=create,
         read_only=not create,
+        save_interval_steps=1 if create else 0,  # (read-only: 0, or Orbax warns that it sets it)
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(n=max(1, keep)),
             policies.BestN(get_metric_fn=lambda m: m["test_accuracy"], n=1,
@@ -179,6 +197,8 @@ class Checkpointer:
     )
     if not create and not os.path.isdir(self.directory):
       raise self._no_checkpoints()
+    if not create:
+      _drop_read_only_notices()
     self._manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "meta"), options=options)
 

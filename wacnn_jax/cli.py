@@ -10,12 +10,15 @@
     python -m wacnn_jax export --workdir W --out DIR [--which final|best | --step N]
 
 `run_train.py --config ... --workdir ...` is `train`. Every command takes
-absl `--flag=value` flags (`--helpfull` lists them); a bad command line is
-one `error:` line on stderr and exit status 2; a problem with the user's input
-found later (USER_ERRORS) is one `error:` line and exit status 1, and so is
-any other error of `train` and `evaluate` (with its traceback in error.log,
+absl `--flag=value` flags (`COMMAND --help` lists them with their defaults);
+a bad command line or config value is one `error:` line on stderr and exit
+status 2, before anything is written; a problem with the user's input found
+later (USER_ERRORS) is one `error:` line and exit status 1, and so is any
+other error of `train` and `evaluate` (with its traceback in error.log,
 `failures`). SIGINT and SIGTERM stop every command but `reproduce` (which
-stops its runs itself) with one line and exit status 130 / 143.
+stops its runs itself) with one line and exit status 130 / 143. A `--config
+configs/...` that is not in the current folder is taken from the installed
+`configs` package.
 """
 
 from __future__ import annotations
@@ -60,14 +63,19 @@ USER_ERRORS = (ValueError, OSError, input_pipeline.DatasetError,
 # INFO records of these libraries (Orbax's ~40 lines per checkpoint save, JAX's
 # backend probing) are dropped from the console; their warnings and errors stay.
 QUIET_LIBRARY_PATHS = (f"{os.sep}orbax{os.sep}", f"{os.sep}jax{os.sep}_src{os.sep}xla_bridge.py")
+# INFO records that start so, from any library: tfds names the folder of a dataset
+# it is about to read, which does not exist when the dataset is not prepared yet.
+QUIET_LIBRARY_MESSAGES = ("Constructing tf.data.Dataset",)
 
 
 class LibraryInfoFilter(python_logging.Filter):
-  """Drops records below WARNING logged from `QUIET_LIBRARY_PATHS`."""
+  """Drops records below WARNING logged from `QUIET_LIBRARY_PATHS` or starting with
+  `QUIET_LIBRARY_MESSAGES`."""
 
   def filter(self, record: python_logging.LogRecord) -> bool:
-    return record.levelno >= python_logging.WARNING or not any(
-        part in record.pathname for part in QUIET_LIBRARY_PATHS)
+    return record.levelno >= python_logging.WARNING or not (
+        any(part in record.pathname for part in QUIET_LIBRARY_PATHS)
+        or record.getMessage().startswith(QUIET_LIBRARY_MESSAGES))
 
 
 def quiet_library_logs() -> None:
@@ -144,7 +152,8 @@ def parse_flags(flag_values: flags.FlagValues, argv: list[str],
   except flags.Error as e:  # a bad value, an unknown or a missing flag
     _exit_with_usage_error(_without_traceback(str(e)))
   except Exception as e:  # pylint: disable=broad-except
-    message = str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"')
+    message = (str(e).strip("'\"").replace("\\n", " ").replace('\\"', '"')
+               .replace("\\'", "'"))
     valid = ""
     if path and os.path.exists(path):
       try:
@@ -244,18 +253,29 @@ class Command:
   # What the line of a SIGINT / SIGTERM says after "stopped by SIGTERM: "
   # (`failures.exit_on_signals`); None: the command handles signals itself.
   on_signal: str | None = "stopped."
+  details: str = ""  # printed by --help after the flags: syntax, presets, an example
 
 
 def _define_train(fv: flags.FlagValues, argv: list[str]) -> None:
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.",
                       flag_values=fv, required=True)
-  config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
+  config_flags.DEFINE_config_file("config", None, "The experiment: a config file (see below).",
                                   flag_values=fv, lock_config=True, sys_argv=argv)
   flags.mark_flag_as_required("config", flag_values=fv)
 
 
+def _check_config(config: ml_collections.ConfigDict) -> None:
+  """A bad config value (`train.validate_config`) is a usage error: one `error:` line,
+  status 2, no error.log."""
+  try:
+    train.validate_config(config)
+  except ValueError as e:
+    _exit_with_usage_error(str(e))
+
+
 def _run_train(fv: flags.FlagValues, args: list[str]) -> int:
   del args
+  _check_config(fv.config)
   return report_user_errors(fv.workdir, lambda: train.train_and_evaluate(fv.config, fv.workdir))
 
 
@@ -273,9 +293,7 @@ def _define_evaluate(fv: flags.FlagValues, argv: list[str]) -> None:
       flag_values=fv, lock_config=True, sys_argv=argv)
   config_flags.DEFINE_config_dict(
       "eval", evaluate.default_options(),
-      "Evaluation options, set as --eval.<name>=value: step (-1: the best checkpoint), "
-      "noise, gaussian_stddevs, salt_pepper_amounts, blur_sigmas, visualize "
-      "(see evaluate.default_options).",
+      "Evaluation options, set as --eval.NAME=VALUE (evaluate.OPTIONS).",
       flag_values=fv, lock_config=True, sys_argv=argv)
 
 
@@ -293,6 +311,10 @@ def _one_model(fv: flags.FlagValues, workdir_flag: str, weights_flag: str,
 def _run_evaluate(fv: flags.FlagValues, args: list[str]) -> int:
   del args
   _one_model(fv, "workdir", "pretrained")
+  try:
+    evaluate.noise_sweep(fv.eval)
+  except ValueError as e:
+    _exit_with_usage_error(str(e))
   if fv.pretrained:
     if fv.config is not None:
       _exit_with_usage_error("--config describes a training run; with --pretrained the model "
@@ -303,6 +325,8 @@ def _run_evaluate(fv: flags.FlagValues, args: list[str]) -> int:
       return 0
 
     return _print_error(run_pretrained)
+  if fv.config is not None:
+    _check_config(fv.config)
 
   def run():
     config = fv.config if fv.config is not None else restore.load_config(fv.workdir)
@@ -457,9 +481,26 @@ def _run_export(fv: flags.FlagValues, args: list[str]) -> int:
   return _print_error(run)
 
 
+TRAIN_DETAILS = """\
+--config is a file with get_config(), and settings for it after ':':
+  configs/default.py                               the reference recipe: resnet18 + WA on CIFAR-10,
+                                                   160 epochs (tfds; or set data.image_folder)
+  configs/cifar.py:smoke                           a tiny CPU run: 512 / 256 images, 2 epochs
+  configs/cifar.py:dataset=cifar100,arch=vgg16_bn  any paper experiment (keys: dataset, arch,
+                                                   attention; e.g. attention=se)
+Every field of it is set as --config.FIELD=VALUE (an unknown field is refused, listing the valid
+ones), e.g. --config.num_epochs=30 --config.model.attention="se(reduction=8)"
+--config.data.image_folder=cifar-10-python.tar.gz (an official CIFAR archive, an image folder
+<root>/{train,test}/<class>/*.jpg or a .tar.gz of one). `--config FILE --help` lists FILE's
+fields. A run started again with the same --workdir resumes.
+
+example (a smoke run on the committed CIFAR-10 sample, a minute on a CPU):
+  python -m wacnn_jax train --config configs/cifar.py:smoke --workdir runs/wa \\
+      --config.data.image_folder=tests/data/cifar10-mini.tar.gz"""
+
 COMMANDS = {
     "train": Command("Train (and evaluate every epoch) a config in a workdir; resumes.",
-                     _define_train, _run_train,
+                     _define_train, _run_train, details=TRAIN_DETAILS,
                      on_signal="training stopped. The same command resumes it from its "
                      "newest checkpoint (the epochs after it are trained again)."),
     "evaluate": Command("Evaluate a checkpoint of a workdir, or trained weights, optionally "
@@ -477,10 +518,106 @@ COMMANDS = {
 
 
 def usage() -> str:
-  lines = ["usage: python -m wacnn_jax COMMAND [--flag=value ...]   (COMMAND --helpfull: "
-           "its flags)", "", "commands:"]
+  lines = ["usage: python -m wacnn_jax COMMAND [--flag=value ...]   (COMMAND --help: its flags)",
+           "", "commands:"]
   lines += [f"  {name:<10} {command.help}" for name, command in COMMANDS.items()]
   return "\n".join(lines)
+
+
+def _command_line_value(value) -> str:
+  """A default as it is written on the command line: (0.0, 0.1), True, -1, wa."""
+  if isinstance(value, (tuple, list)):
+    items = ", ".join(_command_line_value(v) for v in value)
+    return f"({items},)" if len(value) == 1 else f"({items})"
+  return str(value) if isinstance(value, str) else repr(value)
+
+
+def _is_required(flag) -> bool:
+  return any("must have a value other than None" in getattr(v, "message", "")
+             for v in flag.validators)
+
+
+def _load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config of `--config FILE[:SETTINGS]` (get_config(SETTINGS) or get_config())."""
+  path, _, settings = spec.partition(":")
+  get_config = runpy.run_path(path)["get_config"]
+  return get_config(settings) if settings else get_config()
+
+
+def _flag_lines(fv: flags.FlagValues) -> list[tuple[str, str]]:
+  """(flag as written, what it is) for every flag of a command, required ones first."""
+  rows = []
+  for name in fv:
+    flag = fv[name]
+    if isinstance(flag.default, ml_collections.ConfigDict):  # --eval: one row per option
+      descriptions = evaluate.OPTIONS if name == "eval" else {}
+      keys = [k for k in descriptions if k in flag.default] + [
+          k for k in flag.default if k not in descriptions]
+      rows += [(f"--{name}.{key}={_command_line_value(flag.default[key])}",
+                descriptions.get(key, (None, ""))[1]) for key in keys]
+    elif name == "config":  # a config file flag
+      rows.append((f"--{name} FILE[:SETTINGS]", flag.help))
+    elif flag.default is None:
+      rows.append((f"--{name}={name.upper()}", flag.help))
+    else:
+      rows.append((f"--{name}={_command_line_value(flag.value if flag.present else flag.default)}",
+                   flag.help))
+    if _is_required(flag):
+      rows[-1] = (rows[-1][0], f"(required) {rows[-1][1]}")
+  return sorted(rows, key=lambda row: not row[1].startswith("(required)"))
+
+
+def command_help(name: str, command: Command, fv: flags.FlagValues, program: str,
+                 argv: list[str]) -> str:
+  """`COMMAND --help`: usage, the flags with their defaults as values, the command's details,
+  and with `--config FILE` the fields of that config."""
+  rows = _flag_lines(fv)
+  required = " ".join(flag for flag, what in rows if what.startswith("(required)"))
+  lines = [f"usage: {program} {required} [--flag=value ...] {command.positional}".rstrip(), "",
+           command.help, "", "flags:"]
+  width = min(42, max(len(flag) for flag, _ in rows) + 2)
+  for flag, what in rows:
+    lines.append(f"  {flag:<{width}} {what}" if len(flag) < width else f"  {flag}\n"
+                 f"  {'':<{width}} {what}")
+  if command.details:
+    lines += ["", command.details]
+  spec = _config_path(argv)
+  if spec is not None and os.path.isfile(spec.split(":", 1)[0]):
+    try:
+      config = _load_config(spec)
+    except Exception as e:  # pylint: disable=broad-except
+      lines += ["", f"(--config {spec} does not load: {type(e).__name__}: {e})"]
+    else:
+      lines += ["", f"fields of {spec}, each settable as --config.FIELD=VALUE:"]
+      for key in flatten_keys(config):
+        value = config
+        for part in key.split("."):
+          value = value[part]
+        lines.append(f"  --config.{key}={_command_line_value(value)}")
+  return "\n".join(lines)
+
+
+def resolve_config_path(argv: list[str]) -> list[str]:
+  """`argv` with a `--config configs/...` that is not in the current folder taken from the
+  installed `configs` package, so that the presets work from any folder."""
+  spec = _config_path(argv)
+  if spec is None or os.path.exists(spec.split(":", 1)[0]):
+    return argv
+  path, colon, settings = spec.partition(":")
+  parts = os.path.normpath(path).split(os.sep)
+  if parts[0] != "configs" or len(parts) < 2:
+    return argv
+  try:
+    import configs  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return argv
+  installed = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), *parts[1:])
+  if not os.path.isfile(installed):
+    return argv
+  resolved = installed + colon + settings
+  return [f"--config={resolved}" if arg == f"--config={spec}" else
+          resolved if arg == spec and i > 0 and argv[i - 1] == "--config" else arg
+          for i, arg in enumerate(argv)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -492,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
   if argv[1] not in COMMANDS:
     _exit_with_usage_error(f"unknown command {argv[1]!r}.\n{usage()}")
   command = COMMANDS[argv[1]]
+  argv = resolve_config_path(argv)
   fv = flags.FlagValues()
   command.define(fv, argv)
   program = ("python -m wacnn_jax" if argv[0].endswith("__main__.py")
@@ -499,8 +637,7 @@ def main(argv: list[str] | None = None) -> int:
   if argv[1] != "train" or program != "run_train.py":
     program = f"{program} {argv[1]}"
   if "--helpfull" in argv[2:] or "--help" in argv[2:] or "-h" in argv[2:]:
-    print(f"usage: {program} [--flag=value ...] {command.positional}\n\n{command.help}\n\n"
-          f"{fv.get_help(include_special_flags=False)}")
+    print(command_help(argv[1], command, fv, program, argv))
     return 0
   args = parse_flags(fv, [program] + argv[2:], positional=bool(command.positional))
   if not flags.FLAGS.is_parsed():  # absl logging reads its own flags' defaults

@@ -1,13 +1,14 @@
 """Image folders decoded once: their uint8 splits kept in one file per source.
 
     dataset = dataset_cache.read_cached(input_pipeline.read_image_folder, path,
-                                        splits=("train", "test"), cache_dir=None)
+                                        splits=("train", "test"), cache_dir=None,
+                                        options={"cifar100_labels": "fine"})
 
 `input_pipeline.load_dataset` reads `data.image_folder` (a folder or an
 archive of one) through `read_cached`. The first run decodes every JPEG/PNG
 and writes the whole splits (before any `max_*_examples` subset) to
 `<cache_dir>/<source name>-<16 hex digits>.npys`, the digits a hash of the
-source's absolute path and the splits; later runs read that file instead
+source's absolute path, the splits and the reader's options; later runs read that file instead
 (CIFAR-10's 60,000 images: 184 MB, mapped into memory and checked in a
 fraction of a second).
 `cache_dir` is `data.cache_dir`: None = `default_cache_dir()`, '' = no cache.
@@ -21,7 +22,8 @@ the sha256 of their bytes.
 A cache is used only when it is sound and current: the source's identity
 (absolute path; an archive's size, modification time and sha256; a folder's
 total size, newest modification time and the sha256 of its listing with
-every file's size and modification time; the splits; the Pillow version
+every file's size and modification time; the splits and the reader's options
+(an official CIFAR-100 archive's label set); the Pillow version
 that decodes) equals the stored one, and the arrays' sha256 matches. A stale
 or damaged cache (changed source, a file cut short or corrupted) is decoded
 again and replaced, saying why in the log.
@@ -68,13 +70,13 @@ def _sha256_file(path: str) -> str:
   return digest.hexdigest()
 
 
-def source_identity(path: str, splits: Sequence[str]) -> dict:
+def source_identity(path: str, splits: Sequence[str], options: dict | None = None) -> dict:
   """What a cache of `path`'s `splits` must match to be current (see the module docstring).
 
   `path` is an image folder or an archive of one, as `read_image_folder` takes it.
   """
   path = os.path.abspath(os.path.expanduser(str(path)))
-  identity = {"format": FORMAT, "path": path, "splits": list(splits),
+  identity = {"format": FORMAT, "path": path, "splits": list(splits), "options": options or {},
               "decoder": f"Pillow {PIL.__version__}"}
   if os.path.isdir(path):
     listing, size, newest = hashlib.sha256(), 0, 0
@@ -93,10 +95,11 @@ def source_identity(path: str, splits: Sequence[str]) -> dict:
               sha256=_sha256_file(path))
 
 
-def cache_path(cache_dir: str, path: str, splits: Sequence[str]) -> str:
-  """The cache file of `path`'s `splits` in `cache_dir`."""
+def cache_path(cache_dir: str, path: str, splits: Sequence[str],
+               options: dict | None = None) -> str:
+  """The cache file of `path`'s `splits` (read with `options`) in `cache_dir`."""
   path = os.path.abspath(os.path.expanduser(str(path)))
-  key = hashlib.sha256(json.dumps([path, list(splits)]).encode()).hexdigest()[:16]
+  key = hashlib.sha256(json.dumps([path, list(splits), options or {}], sort_keys=True).encode()).hexdigest()[:16]
   name = os.path.basename(path.rstrip(os.sep)) or "root"
   return os.path.join(cache_dir, f"{name}-{key}{SUFFIX}")
 
@@ -202,20 +205,21 @@ def remove_orphans(cache_dir: str) -> None:
 
 
 def read_cached(decode: Callable[..., input_pipeline.Dataset], path: str,
-                splits: Sequence[str], cache_dir: str | None) -> input_pipeline.Dataset:
-  """`decode(path, splits=splits)`, read from the cache in `cache_dir` when it is current.
+                splits: Sequence[str], cache_dir: str | None,
+                options: dict | None = None) -> input_pipeline.Dataset:
+  """`decode(path, splits=splits, **options)`, read from the cache in `cache_dir` when current.
 
   `cache_dir`: None = `default_cache_dir()`, '' = no cache (decode every time).
   Errors of `decode` (a missing folder, a bad image) pass through, and
   nothing is cached then.
   """
   if cache_dir == "":
-    return decode(path, splits=splits)
+    return decode(path, splits=splits, **(options or {}))
   if not os.path.exists(os.path.expanduser(str(path))):
-    return decode(path, splits=splits)  # its own error says what is wrong
+    return decode(path, splits=splits, **(options or {}))  # its own error says what is wrong
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
-  file_path = cache_path(cache_dir, path, splits)
-  identity = source_identity(path, splits)
+  file_path = cache_path(cache_dir, path, splits, options)
+  identity = source_identity(path, splits, options)
   start = time.perf_counter()
   try:
     dataset = read(file_path, identity)
@@ -231,7 +235,7 @@ def read_cached(decode: Callable[..., input_pipeline.Dataset], path: str,
   if why:
     logging.warning("The dataset cache %s %s; decoding %s again.", file_path, why, path)
   start = time.perf_counter()
-  dataset = decode(path, splits=splits)
+  dataset = decode(path, splits=splits, **(options or {}))
   decode_seconds = time.perf_counter() - start
   try:
     write(file_path, identity, dataset)

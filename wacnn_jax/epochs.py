@@ -18,8 +18,8 @@ import jax
 import numpy as np
 
 from wacnn_jax import input_pipeline
-from wacnn_jax import metrics
 from wacnn_jax import parallel
+from wacnn_jax import status
 from wacnn_jax import steps
 
 
@@ -106,7 +106,7 @@ class EpochRunner:
     """Trains (0-based) `epoch`: returns the replicated state and an `EpochTrain`.
 
     Dispatches of `chunk` steps, one kept in flight while the host waits for
-    the previous one (the progress bar follows the device).
+    the previous one (the progress, `status.StepProgress`, follows the device).
     """
     start, compile_before = time.perf_counter(), self._compile_seconds
     indices = np.stack([  # (local_devices, R, steps, per_device_batch)
@@ -114,7 +114,8 @@ class EpochRunner:
                                self.topology, self.per_device_batch)
         for seed in self.seeds], axis=1)
     chunks = []
-    with metrics.progress_bar(self.steps_per_epoch, f"epoch {epoch + 1}", show_progress) as bar:
+    with status.StepProgress(self.steps_per_epoch, f"epoch {epoch + 1}/{self.config.num_epochs}",
+                             show_progress) as bar:
       for begin in range(0, self.steps_per_epoch, self.chunk):
         state, chunk_metrics = self._train(state, indices[:, :, begin:begin + self.chunk])
         if chunks:

@@ -117,16 +117,22 @@ def gaussian_blur(images: jax.Array, key: jax.Array, sigma: float) -> jax.Array:
   return _to_uint8(x)
 
 
+# The evaluation options (`--eval.<name>` flags), their defaults and meaning.
+OPTIONS = {
+    "step": (-1, "the checkpoint's step; -1: the best checkpoint"),
+    "noise": (False, "also evaluate under the three corruptions below"),
+    "gaussian_stddevs": ((0.0, 0.02, 0.05, 0.1, 0.2),
+                         "additive Gaussian noise, stddev in [0, 1] pixel units"),
+    "salt_pepper_amounts": ((0.01, 0.02, 0.05, 0.1),
+                            "salt and pepper, fraction of pixel positions changed"),
+    "blur_sigmas": ((0.5, 1.0, 1.5, 2.0), "Gaussian blur, sigma in pixels"),
+    "visualize": (False, "also save attention-map figures"),
+}
+
+
 def default_options() -> ml_collections.ConfigDict:
-  """The evaluation options (`--eval.<name>` flags of `python -m wacnn_jax evaluate`)."""
-  options = ml_collections.ConfigDict()
-  options.step = -1  # the checkpoint's step; -1 = the best checkpoint
-  options.noise = False  # also run the noise-robustness sweep
-  options.gaussian_stddevs = (0.0, 0.02, 0.05, 0.1, 0.2)  # in [0, 1] pixel units
-  options.salt_pepper_amounts = ()
-  options.blur_sigmas = ()
-  options.visualize = False  # save attention/feature-map figures
-  return options
+  """The evaluation options (`--eval.<name>` flags of `python -m wacnn_jax evaluate`): OPTIONS."""
+  return ml_collections.ConfigDict({name: default for name, (default, _) in OPTIONS.items()})
 
 
 # name -> (function, the option that lists its strengths)
@@ -286,6 +292,60 @@ def format_results(result: dict) -> str:
   return "\n".join(lines)
 
 
+# What must agree for an earlier eval.json's noise rows to be kept beside new results.
+SAME_EVALUATION = ("step", "dataset", "count", "class_names", "model")
+
+
+def _noise_order(row: dict) -> tuple:
+  names = list(CORRUPTIONS)
+  return (names.index(row["corruption"]) if row["corruption"] in names else len(names),
+          row["corruption"], row["strength"])
+
+
+def _merged_rows(earlier: Sequence[dict], new: Sequence[dict]) -> list[dict]:
+  """`new` noise rows plus those of `earlier` at other (corruption, strength), in sweep order."""
+  recomputed = {(row["corruption"], row["strength"]) for row in new}
+  kept = [row for row in earlier if (row["corruption"], row["strength"]) not in recomputed]
+  return sorted(kept + list(new), key=_noise_order)
+
+
+def merge_with_earlier(result: dict, earlier: dict | None) -> tuple[dict, int]:
+  """`result` with what the workdir's earlier eval.json holds and this evaluation did not
+  recompute: noise rows (per replica too) and figures. Returns (merged, rows kept).
+
+  Only an evaluation of the same checkpoint on the same test set and model
+  (SAME_EVALUATION, and as many replicas) is merged; otherwise `result` replaces it.
+  """
+  if not earlier or len(earlier.get("replicas", [])) != len(result["replicas"]) or any(
+      earlier.get(key) != result.get(key) for key in SAME_EVALUATION):
+    return result, 0
+  merged = dict(result)
+  kept = len(_merged_rows(earlier.get("noise", []), result.get("noise", []))) - len(
+      result.get("noise", []))
+  if earlier.get("noise"):
+    merged["noise"] = _merged_rows(earlier["noise"], result.get("noise", []))
+    merged["noise_convention"] = NOISE_CONVENTION
+    merged["replicas"] = [
+        dict(replica, noise=_merged_rows(old.get("noise", []), replica.get("noise", [])))
+        for replica, old in zip(result["replicas"], earlier["replicas"])]
+  figures = list(dict.fromkeys(earlier.get("figures", []) + result.get("figures", [])))
+  if figures:
+    merged["figures"] = figures
+  return merged, kept
+
+
+def _read_earlier(path: str) -> dict | None:
+  """The eval.json at `path`, or None (none yet, or unreadable: then it is replaced)."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+  except (OSError, ValueError) as e:
+    logging.warning("%s cannot be read (%s); it is replaced.", path, e)
+    return None
+
+
 def _dataset_name(config) -> str:
   folder = config.data.get("image_folder")
   return os.path.basename(str(folder).rstrip("/")) if folder else config.data.dataset
@@ -326,7 +386,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   with the same model); `options` default to `default_options()`.
 
   A failure to write (WorkdirError) comes after the results are printed.
-  Returns the eval.json content: step, epoch, class_names, "replicas" (one
+  An eval.json already in the workdir for the same checkpoint keeps its
+  noise rows and figures that this evaluation does not recompute
+  (`merge_with_earlier`). Returns the eval.json content: step, epoch, class_names, "replicas" (one
   dict per replica: replica, seed, loss, accuracy, top5_accuracy, count,
   per_class_accuracy, confusion (true rows x predicted columns) and, when
   `options.noise`, "noise": a list of {corruption, strength, accuracy,
@@ -369,7 +431,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
           restored.model, restored.variables, images, labels, dataset.class_names, workdir,
           baseline_layers=visualize.wa_twin_layers(config, dataset))
     result["figures"] = [os.path.basename(f) for f in figures]
-    workdirs.write_atomically(os.path.join(workdir, "eval.json"), json.dumps(result, indent=1))
+    path = os.path.join(workdir, "eval.json")
+    result, kept = merge_with_earlier(result, _read_earlier(path))
+    if kept:
+      logging.info("%s keeps %d noise row(s) of an earlier evaluation of checkpoint %d "
+                   "(not recomputed now).", path, kept, result["step"])
+    workdirs.write_atomically(path, json.dumps(result, indent=1))
   except OSError as e:
     raise workdirs.WorkdirError(
         f"cannot write the evaluation files to {workdir} ({e.strerror or e})"

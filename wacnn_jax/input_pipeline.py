@@ -13,7 +13,11 @@ CIFAR-sized datasets fit in accelerator memory, so the pipeline is two steps:
      folder's image, and a damaged or cut archive are refused by name (hidden
      and system files are skipped and counted); every image is converted to
      8-bit RGB without clipping (`_to_rgb`; the conversions are logged).
-   Then every source is checked and summarised alike (`dataset_checks`).
+   - an official CIFAR-10/100 archive as downloaded (`cifar_archives`:
+     python or binary version, exact pixels), also through `image_folder`.
+   An image folder or archive is decoded once and then read from a cache
+   (`dataset_cache`, `data.cache_dir`). Then every source is checked and
+   summarised alike (`dataset_checks`).
 2. `augment_batch` / `normalize` run inside the jitted train and eval steps:
    zero-pad 4, random crop, random horizontal flip, then per-channel
    normalisation with the CIFAR mean and standard deviation (the reference's).
@@ -30,13 +34,10 @@ import collections
 import concurrent.futures
 import dataclasses
 import io
-import lzma
 import os
 import socket
-import tarfile
 from typing import Iterable, Sequence
 import unicodedata
-import zlib
 
 from absl import logging
 import jax
@@ -45,8 +46,10 @@ import numpy as np
 import PIL
 from PIL import Image
 
+from wacnn_jax import cifar_archives
 from wacnn_jax import dataset_cache
 from wacnn_jax import dataset_checks
+from wacnn_jax import tar_archives
 from wacnn_jax.dataset_checks import DatasetError  # pylint: disable=unused-import
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -115,8 +118,8 @@ class Dataset:
 def load_dataset(data_config) -> Dataset:
   """Loads the dataset that `data_config` names (see `configs/default.py`).
 
-  Fields read: `dataset`, `data_dir`, `image_folder`, `cache_dir`, `download`,
-  `train_split`, `test_split`, `max_train_examples`, `max_test_examples`,
+  Fields read: `dataset`, `data_dir`, `image_folder`, `cifar100_labels`, `cache_dir`,
+  `download`, `train_split`, `test_split`, `max_train_examples`, `max_test_examples`,
   `allow_missing_classes`. Whatever the source, the whole dataset is checked
   (`dataset_checks.check_dataset`: every class in every split, one image
   size, labels in range) and the subsets as trained on are summarised
@@ -128,11 +131,17 @@ def load_dataset(data_config) -> Dataset:
     raise DatasetError(
         "data.image_folder is set but empty (an unset shell variable?): give the "
         "folder or archive, or leave the field out to read data.dataset through tfds.")
+  cifar100_labels = data_config.get("cifar100_labels", "fine")
   if folder:
     dataset = dataset_cache.read_cached(  # decoded once, then read from data.cache_dir
         read_image_folder, folder,
         splits=(data_config.train_split, data_config.test_split),
-        cache_dir=data_config.get("cache_dir"))
+        cache_dir=data_config.get("cache_dir"),
+        options={"cifar100_labels": cifar100_labels})
+  elif cifar100_labels != "fine":
+    raise ValueError(f"data.cifar100_labels={cifar100_labels!r} applies to the official "
+                     "CIFAR-100 archive (data.image_folder=cifar-100-python.tar.gz or "
+                     "cifar-100-binary.tar.gz); tfds datasets give their 'label'.")
   else:
     dataset = read_tfds(
         data_config.dataset,
@@ -302,19 +311,29 @@ def _stack_splits(images: Sequence[_ImageFile], contents: Sequence[bytes | str],
   return result
 
 
-def read_image_folder(path: str, splits=("train", "test")) -> Dataset:
-  """Reads `path/<split>/<label>/<file>` (or an archive holding one such root).
+def read_image_folder(path: str, splits=("train", "test"), cifar100_labels: str = "fine"
+                      ) -> Dataset:
+  """Reads `path/<split>/<label>/<file>` (or an archive holding one such root), or an
+  official CIFAR archive (`cifar_archives`, recognised by its content).
 
   Labels are the sub-folder names (NFC-normalised) in sorted order (as
   ImageFolder assigns them); each split holds its images by label, then in
   sorted order of their paths, so the result is deterministic. See `_layout`
-  for which files are read.
+  for which files are read. `cifar100_labels`: 'fine' or 'coarse' (official
+  CIFAR-100 archives only).
   """
   path = os.path.expanduser(str(path))
   if not os.path.exists(path):
     raise DatasetError(
         f"data.image_folder={path!r} does not exist. Point it at a folder "
-        "<root>/{train,test}/<label>/*.jpg (or a .tar.gz of one).")
+        "<root>/{train,test}/<label>/*.jpg (or a .tar.gz of one), or at an official CIFAR "
+        f"archive such as cifar-10-python.tar.gz ({cifar_archives.DOWNLOAD_PAGE}).")
+  cifar = cifar_archives.detect(path)
+  if cifar is not None:
+    return _read_cifar_archive(path, cifar, splits, cifar100_labels)
+  if cifar100_labels != "fine":
+    raise ValueError(f"data.cifar100_labels={cifar100_labels!r} applies to the official "
+                     f"CIFAR-100 archive; {path} is an image folder.")
   if os.path.isdir(path):
     files = []
     for split in splits:
@@ -324,7 +343,7 @@ def read_image_folder(path: str, splits=("train", "test")) -> Dataset:
     images = sorted(_layout(files, splits, path), key=_label_then_path)
     contents = [_read_file(os.path.join(path, image.path)) for image in images]
   elif path.endswith(_ARCHIVE_SUFFIXES):
-    members = _read_archive(path)
+    members = tar_archives.read_whole(path)
     images = sorted(_layout(members, splits, path), key=_label_then_path)
     contents = [members[image.path] for image in images]
   else:
@@ -354,57 +373,17 @@ def _read_file(path: str) -> bytes | str:
     return f"cannot read it ({e.strerror or e})"
 
 
-# What tarfile, gzip, bz2 and lzma raise for a damaged archive.
-_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
-
-
-def _read_archive(path: str) -> dict[str, bytes | str]:
-  """{member name: its bytes, or why it cannot be read} of every file of a tar archive.
-
-  The archive is read to its end and refused (DatasetError) unless it is
-  whole: tarfile silently stops at a damaged member header after the first
-  one, and at a missing end-of-archive marker (a tar cut at a member
-  boundary), and a compressed stream's checksum (gzip's CRC-32) is only
-  checked when it is read to its end. Hard and symbolic links to members
-  are read as the member.
-  """
-  contents = {}
+def _read_cifar_archive(path: str, layout, splits, labels: str) -> Dataset:
+  """An official CIFAR archive (`cifar_archives`) as a Dataset of its train and test splits."""
+  if tuple(splits) != ("train", "test"):
+    raise DatasetError(f"{path} is {layout.name}, whose splits are train and test; leave "
+                       f"data.train_split/test_split at train/test (not {list(splits)}).")
   try:
-    with tarfile.open(path) as archive:
-      for member in archive:
-        if member.isfile() or member.islnk() or member.issym():
-          try:
-            contents[member.name] = archive.extractfile(member).read()
-          except KeyError:  # a link to a file the archive does not hold
-            contents[member.name] = f"a link to {member.linkname!r}, which is not in the archive"
-      _check_archive_end(archive)
-  except (DatasetError, *_ARCHIVE_ERRORS) as e:
-    reason = str(e) if isinstance(e, DatasetError) else f"{type(e).__name__}: {e}"
-    raise DatasetError(f"archive {path} cannot be read whole ({reason}); copy or download "
-                       "it again (gzip -t checks a .tar.gz).") from e
-  return contents
-
-
-def _check_archive_end(archive: tarfile.TarFile) -> None:
-  """Reads `archive` (after its last member) to the end; DatasetError unless it ends whole.
-
-  After the last member comes an end-of-archive marker (zero blocks) and
-  zero padding; anything else is a damaged member header, a second archive
-  appended to the first (tar reads only the first), or missing.
-  """
-  stream = archive.fileobj
-  stream.seek(archive.offset)
-  block = stream.read(tarfile.BLOCKSIZE)
-  where = f"at byte {archive.offset} of the tar stream"
-  if len(block) < tarfile.BLOCKSIZE:
-    raise DatasetError(f"it ends without an end-of-archive marker ({where}, after "
-                       f"{len(archive.getmembers())} members): it was cut short")
-  if block.count(0) != tarfile.BLOCKSIZE:
-    raise DatasetError(f"the member header {where} is damaged")
-  while chunk := stream.read(1 << 20):  # to the end: decompressors check their checksums there
-    if chunk.count(0) != len(chunk):
-      raise DatasetError(f"it holds data after its end-of-archive marker ({where}), "
-                         "which tar would ignore: another archive appended to it?")
+    cifar = cifar_archives.read_cifar_archive(path, labels, layout)
+  except cifar_archives.CifarArchiveError as e:
+    raise DatasetError(str(e)) from e
+  return Dataset(name=cifar.name, train=Split(cifar.train_images, cifar.train_labels),
+                 test=Split(cifar.test_images, cifar.test_labels), class_names=cifar.class_names)
 
 
 # ---------------------------------------------------------------------------
@@ -424,11 +403,13 @@ def _network_reachable(host: str = "storage.googleapis.com", port: int = 443,
 
 def _offline_hint(name: str) -> str:
   return (
-      f"To train without network, point data.data_dir at a folder where "
-      f"tfds has already prepared {name!r} (copy ~/tensorflow_datasets from a "
-      "machine with network), or set data.image_folder to a folder "
-      "<root>/{train,test}/<label>/*.jpg or a .tar.gz of one (for example "
-      "--config.data.image_folder=../shared/data/cifar10-jpeg.tar.gz).")
+      f"To train without network, set data.image_folder to an official CIFAR archive "
+      f"as downloaded from {cifar_archives.DOWNLOAD_PAGE} (e.g. "
+      "--config.data.image_folder=cifar-10-python.tar.gz), to a folder "
+      "<root>/{train,test}/<label>/*.jpg or a .tar.gz of one (a smoke run: "
+      "--config.data.image_folder=tests/data/cifar10-mini.tar.gz), or point data.data_dir "
+      f"at a folder where tfds has already prepared {name!r} (copied from "
+      "~/tensorflow_datasets of a machine with network).")
 
 
 def _split_from_examples(examples: Iterable[dict]) -> Split:

@@ -9,16 +9,14 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
-
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tensorboardX import SummaryWriter
-import tqdm
 
 from wacnn_jax import record_files
+from wacnn_jax import status
 from wacnn_jax import workdirs
 
 
@@ -85,12 +83,19 @@ class MetricsLog:
     """
     if not self.enabled or not (os.path.exists(self.path) or epoch_records):
       return
-    kept = [r for r in record_files.read_json_lines(self.path) if r["epoch"] <= epoch]
+    kept = [r for r in self.records() if r["epoch"] <= epoch]
     if epoch_records and sum(r["epoch"] == epoch for r in kept) < len(epoch_records):
       logging.warning("%s lacked records of epoch %d; written back from its checkpoint.",
                       self.path, epoch)
       kept = [r for r in kept if r["epoch"] < epoch] + epoch_records
     workdirs.write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+  def records(self) -> list[dict]:
+    """The records written so far (none on processes other than 0), a torn last line left
+    out (`record_files.read_json_lines`)."""
+    if not self.enabled:
+      return []
+    return record_files.read_json_lines(self.path)
 
   def write_epoch(self, records: list[dict]) -> None:
     """Appends one epoch's records, `records[k]` of replica k, in one write."""
@@ -115,6 +120,16 @@ class MetricsLog:
           writer.add_scalar("train/loss", float(loss), step)
           writer.add_scalar("train/learning_rate", float(lr), step)
 
+  def best_epoch(self) -> int | None:
+    """The epoch whose test accuracy (mean over the replicas) is the best, the latest of
+    equals (as the best checkpoint is chosen); None without records."""
+    by_epoch: dict[int, list[float]] = {}
+    for record in self.records():
+      by_epoch.setdefault(record["epoch"], []).append(record["test_accuracy"])
+    if not by_epoch:
+      return None
+    return max(by_epoch, key=lambda e: (float(np.mean(by_epoch[e])), e))
+
   def close(self) -> None:
     for writer in self._tensorboard:
       writer.close()
@@ -126,19 +141,17 @@ class MetricsLog:
     self.close()
 
 
-def log_records(records: list[dict], num_epochs: int) -> None:
-  """One console (absl) line per record of an epoch (see `MetricsLog`)."""
-  for record in records:
+def log_records(records: list[dict], num_epochs: int, eta_seconds: float | None = None) -> None:
+  """One console (absl) line per record of an epoch (see `MetricsLog`), the last one with
+  the run's expected time left (`status.RunClock`)."""
+  for k, record in enumerate(records):
+    eta = (f"  ETA {status.duration(eta_seconds)}"
+           if eta_seconds is not None and k == len(records) - 1 and record["epoch"] < num_epochs
+           else "")
     logging.info(
         "epoch %3d/%d  seed %d  lr %.4g  train loss %.4f acc %.4f  test loss %.4f acc "
-        "%.4f  best %.4f  %.0f img/s  %.1fs%s", record["epoch"], num_epochs,
+        "%.4f  best %.4f  %.0f img/s  %.1fs%s%s", record["epoch"], num_epochs,
         record["seed"], record["learning_rate"], record["train_loss"],
         record["train_accuracy"], record["test_loss"], record["test_accuracy"],
         record["best_test_accuracy"], record["images_per_sec"], record["epoch_seconds"],
-        f" (compile {record['compile_seconds']:.1f}s)" if record["compile_seconds"] else "")
-
-
-def progress_bar(total: int, description: str, enabled: bool):
-  """A tqdm bar of `total` steps on an interactive stderr (else disabled)."""
-  return tqdm.tqdm(total=total, desc=description, unit="step", leave=False,
-                   disable=not (enabled and sys.stderr.isatty()))
+        f" (compile {record['compile_seconds']:.1f}s)" if record["compile_seconds"] else "", eta)

@@ -1,6 +1,6 @@
 """Reproduce the paper's comparison: a grid of (arch, attention, seed) runs, with error bars.
 
-    python -m wacnn_jax reproduce --data ../shared/data/cifar10-jpeg.tar.gz [--budget SECONDS]
+    python -m wacnn_jax reproduce --data DATA [--budget SECONDS]
         [--table cifar10] [--archs mobilenetv2,resnet18,vgg16_bn] [--attentions none,wa]
         [--seeds 4] [--concurrent N] [--xla_flags=...] [--results results] [--set key=value ...]
 

@@ -21,6 +21,7 @@ from wacnn_jax import input_pipeline
 from wacnn_jax import steps
 from wacnn_jax import optim
 from wacnn_jax import record_files
+from wacnn_jax import status
 from wacnn_jax import train
 
 
@@ -84,7 +85,7 @@ def restore_checkpoint(config, workdir: str, step: int = -1,
   try:
     step = checkpoints.find_step(step)
     if dataset is None:
-      dataset = input_pipeline.load_dataset(config.data)
+      dataset = status.load_dataset(config.data)
     model = train.create_model(config, dataset.num_classes)
     checkpoints.identity = train.checkpoint_identity(config, dataset)
     state, meta = checkpoints.restore(int(step), abstract_train_state(config, model, dataset))

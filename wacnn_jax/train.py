@@ -44,6 +44,7 @@ import ml_collections
 import numpy as np
 
 from wacnn_jax import checkpointing
+from wacnn_jax import cifar_archives
 from wacnn_jax import compilation_cache
 from wacnn_jax import dataset_checks
 from wacnn_jax import epochs
@@ -52,6 +53,7 @@ from wacnn_jax import metrics
 from wacnn_jax import models
 from wacnn_jax import optim
 from wacnn_jax import parallel
+from wacnn_jax import status
 from wacnn_jax import steps
 from wacnn_jax import workdirs
 from wacnn_jax.attention import AttentionSpec
@@ -101,6 +103,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     check(field, value, least)
   for boundary in config.schedule.boundaries:
     check("schedule.boundaries", boundary, 0)
+  cifar_archives.check_label_mode(config.data.get("cifar100_labels", "fine"))
   create_model(config, num_classes=1)
 
 
@@ -117,8 +120,8 @@ def initial_variables(model, image_shape, rng):
   """Model variables {params, batch_stats} for NHWC images of shape `image_shape` (H, W, C)."""
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   params_key, dropout_key = jax.random.split(rng)
-  return jax.jit(functools.partial(model.init, train=False))(
-      {"params": params_key, "dropout": dropout_key}, dummy)
+  # One compiled program without the forward pass (models.batched_init).
+  return model.init({"params": params_key, "dropout": dropout_key}, dummy, train=False)
 
 
 def create_train_state(config, model, image_shape, learning_rate_fn,
@@ -346,7 +349,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   with contextlib.ExitStack() as cleanup:
     if primary:
       cleanup.enter_context(workdirs.lock(workdir))
-    dataset = input_pipeline.load_dataset(config.data)
+    dataset = status.load_dataset(config.data)
     runner, initial_state = create_runner(config, dataset, topology)
     checkpoints = cleanup.enter_context(checkpointing.Checkpointer(
         workdir, keep=config.keep_checkpoints, identity=resume_identity(config, dataset)))
@@ -371,6 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  progress.epoch + 1, config.num_epochs)
 
     # The epochs: train, check, evaluate, log, save.
+    clock = status.RunClock(progress.epoch, config.num_epochs)
     for epoch in range(progress.epoch, config.num_epochs):
       epoch_start = time.perf_counter()
       state, train = runner.train_epoch(state, epoch, show_progress=primary)
@@ -384,7 +388,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       metrics_log.write_steps(epoch * runner.steps_per_epoch, train.losses,
                               train.learning_rates, config.log_every_steps)
       metrics_log.write_epoch(records)
-      metrics.log_records(records, config.num_epochs)
+      clock.add_epoch(records[0]["epoch_seconds"], train.compile_seconds)
+      metrics.log_records(records, config.num_epochs, clock.eta_seconds())
       if (epoch + 1 == config.num_epochs or (epoch + 1) % config.checkpoint_every_epochs == 0
           or is_best):
         host_state = parallel.unreplicate(state)
@@ -392,7 +397,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                          progress.checkpoint_meta(epoch + 1, test_accuracy, records))
         progress.checkpoint_epoch = epoch + 1
 
-  # Finish.
+    # Finish.
+    status.log_summary(config.num_epochs, config.num_epochs, clock.epochs, clock.elapsed(),
+                       progress.best_mean, metrics_log.best_epoch(), float(test_accuracy.mean()),
+                       checkpoints.directory, config.num_seeds)
   return parallel.unreplicate(state)
 
 

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from wacnn_jax.attention import NO_ATTENTION, AttentionSpec
+from wacnn_jax.models import batched_init
 
 
 class BackboneModule(nn.Module):
@@ -43,11 +44,18 @@ class BackboneModule(nn.Module):
 class Network(BackboneModule):
   """A whole backbone: NHWC images (N, H, W, 3) -> float32 logits (N, num_classes).
 
-  Called as `model.apply(variables, x, train=bool, ...)`.
+  Called as `model.apply(variables, x, train=bool, ...)`. `model.init` gives
+  Flax's variables, bit for bit, without running the forward pass
+  (`batched_init`): seconds on a CPU instead of half a minute.
   """
 
   _: dataclasses.KW_ONLY
   num_classes: int
+
+  @nn.nowrap
+  def init(self, rngs, *args, **kwargs):
+    """`flax.linen.Module.init`, computed by `batched_init.init` (same arguments, same result)."""
+    return batched_init.init(self, rngs, *args, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,138 @@
+"""What a run says while it works: loading the data, progress within an epoch, the ETA, the end.
+
+    dataset = load_dataset(config.data)     # "loading ..." / "loaded 50000 train + 10000 test images in 26.1 s"
+    with StepProgress(steps, "epoch 3/160", enabled=True) as bar:
+      bar.update(n)                         # a tqdm bar on a terminal, else a log line a minute
+    clock = RunClock(first_epoch=0, num_epochs=160)
+    clock.add_epoch(seconds, compile_seconds); clock.eta_seconds()
+    log_summary(...)                        # "finished epoch 160/160 (...): best test top-1 ..."
+
+Everything goes through absl logging (stderr), so that it reaches a log file
+when the output is redirected; only the tqdm bar, which redraws a line, is
+kept to a terminal. Times are formatted by `duration`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from absl import logging
+import tqdm
+
+from wacnn_jax import input_pipeline
+
+# Seconds between progress lines within an epoch when the output is not a terminal.
+LOG_INTERVAL_SECONDS = 60.0
+
+
+def duration(seconds: float) -> str:
+  """'42 s', '3 min 5 s', '2 h 10 min', '1 d 3 h': two units at most."""
+  seconds = max(0.0, float(seconds))
+  if seconds < 60:
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
+  minutes, seconds = divmod(round(seconds), 60)
+  if minutes < 60:
+    return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+  hours, minutes = divmod(minutes, 60)
+  if hours < 24:
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+  days, hours = divmod(hours, 24)
+  return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def data_source(data_config) -> str:
+  """What `data_config` reads: the image folder / archive, or the tfds name and folder."""
+  if data_config.get("image_folder"):
+    return str(data_config.image_folder)
+  data_dir = data_config.get("data_dir")
+  return f"tfds {data_config.dataset}" + (f" from {data_dir}" if data_dir else "")
+
+
+def load_dataset(data_config) -> input_pipeline.Dataset:
+  """`input_pipeline.load_dataset`, with a line when it starts and one when it is done."""
+  logging.info("loading %s ...", data_source(data_config))
+  start = time.perf_counter()
+  dataset = input_pipeline.load_dataset(data_config)
+  logging.info("loaded %d train + %d test images in %s", len(dataset.train), len(dataset.test),
+               duration(time.perf_counter() - start))
+  return dataset
+
+
+class StepProgress:
+  """Progress through `total` steps: a tqdm bar on an interactive stderr, otherwise one log
+  line every `interval` seconds ('epoch 3/160: step 120 of 390, 1.9 steps/s, ~2 min 22 s
+  left'). Disabled (`enabled=False`: processes other than 0) it says nothing.
+  """
+
+  def __init__(self, total: int, description: str, enabled: bool,
+               interval: float = LOG_INTERVAL_SECONDS, interactive: bool | None = None):
+    self.total, self.description, self.interval = total, description, interval
+    interactive = sys.stderr.isatty() if interactive is None else interactive
+    self._bar = tqdm.tqdm(total=total, desc=description, unit="step", leave=False,
+                          disable=not (enabled and interactive))
+    self._log = enabled and not interactive
+    self.done = 0
+    self._start = self._last_line = time.perf_counter()
+
+  def update(self, steps: int) -> None:
+    self._bar.update(steps)
+    self.done += steps
+    now = time.perf_counter()
+    if self._log and now - self._last_line >= self.interval and self.done < self.total:
+      self._last_line = now
+      rate = self.done / max(now - self._start, 1e-9)
+      logging.info("%s: step %d of %d, %.2f steps/s, ~%s left", self.description, self.done,
+                   self.total, rate, duration((self.total - self.done) / rate))
+
+  def close(self) -> None:
+    self._bar.close()
+
+  def __enter__(self) -> "StepProgress":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+class RunClock:
+  """The run's expected time left: the epochs still to train at the mean time of those trained
+  in this process (without their compile time).
+
+  `first_epoch`: the epochs done before this process started (a resume).
+  """
+
+  def __init__(self, first_epoch: int, num_epochs: int):
+    self.first_epoch, self.num_epochs = first_epoch, num_epochs
+    self.start = time.perf_counter()
+    self.epochs = 0
+    self.steady_seconds = 0.0
+
+  def add_epoch(self, seconds: float, compile_seconds: float = 0.0) -> None:
+    self.epochs += 1
+    self.steady_seconds += max(0.0, seconds - compile_seconds)
+
+  def eta_seconds(self) -> float | None:
+    """Seconds until `num_epochs`; None before the first epoch."""
+    if not self.epochs:
+      return None
+    left = self.num_epochs - self.first_epoch - self.epochs
+    return left * self.steady_seconds / self.epochs
+
+  def elapsed(self) -> float:
+    return time.perf_counter() - self.start
+
+
+def log_summary(epoch: int, num_epochs: int, epochs_trained: int, seconds: float, best: float,
+                best_epoch: int | None, final: float, checkpoint_directory: str,
+                replicas: int = 1) -> None:
+  """The run's last line: where it stopped, what it reached, where the checkpoints are.
+
+  `epoch`: the last epoch (1-based); `epochs_trained` of them in `seconds` by
+  this process; `best` / `final`: test top-1 (means over `replicas`).
+  """
+  logging.info(
+      "finished epoch %d/%d (%d trained in %s): best test top-1 %.4f%s, final %.4f%s; "
+      "checkpoints in %s", epoch, num_epochs, epochs_trained, duration(seconds), best,
+      f" (epoch {best_epoch})" if best_epoch else "", final,
+      f" (means over {replicas} replicas)" if replicas > 1 else "", checkpoint_directory)
