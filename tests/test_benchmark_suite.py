@@ -36,6 +36,7 @@ def _only_json(folder):
     return json.load(f)
 
 
+@pytest.mark.slow  # 80 s: run it (pytest -m slow) before a GPU window
 def test_gpu_suite_dry_run_measures_every_phase(tmp_path, small_folder, subprocess_env):
   out = tmp_path / "out"
   result = subprocess.run(

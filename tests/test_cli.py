@@ -136,4 +136,5 @@ def test_evaluate_help_shows_defaults_as_values(capsys):
   text = capsys.readouterr().out
   assert "--eval.gaussian_stddevs=(0.0, 0.02, 0.05, 0.1, 0.2)" in text
   assert "--eval.noise=False" in text and "--eval.step=-1" in text
-  assert "!!python" not in text and "(required) Workdir" in text
+  assert "!!python" not in text
+  assert "evaluate (--workdir=WORKDIR | --pretrained=PRETRAINED) [--flag=value ...]" in text

@@ -236,7 +236,7 @@ input_pipeline._decode_image = lambda data: decoded.__setitem__(0, decoded[0] + 
 dataset_cache.write = lambda *args: wait_for_both("decoded") or write(*args)
 wait_for_both("started")
 dataset = dataset_cache.read_cached(input_pipeline.read_image_folder, folder,
-                                    ("train", "test"), cache)
+                                    ("train", "test"), cache, {"cifar100_labels": "fine"})
 print(decoded[0], hashlib.sha256(dataset.train.images.tobytes()).hexdigest())
 """
 

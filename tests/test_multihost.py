@@ -20,12 +20,14 @@ rounding, not the multi-process path. The test requires:
 - evaluation of one checkpoint (the two-process run's last) on 2 processes
   and on 1: counts, accuracies and confusion matrix exactly, loss to rtol 1e-5;
 - per-epoch metrics: epoch, step, learning rate, test examples and
-  accuracies exactly; train and test loss to rtol 2e-5 (measured <= 1.2e-6);
+  accuracies exactly; train and test loss to rtol 3e-4 (measured <= 1.2e-6 on
+  one 2-core machine, 8.4e-5 on another);
 - parameters and BatchNorm statistics after every epoch, as updates from the
-  initial values: ||update_2 - update_1|| / ||update_1|| at most 3e-3 for
-  every array (measured <= 2.4e-4) and 1e-4 over all of them (measured
-  <= 9.4e-6). Processes that do not combine their gradients, each training
-  on its half of every batch, give ~1 here.
+  initial values: ||update_2 - update_1|| / ||update_1|| at most 3e-2 for
+  every array and 3e-3 over all of them (measured <= 2.4e-4 and <= 9.4e-6
+  on one 2-core machine, 6.3e-3 and 2.7e-4 on the same machine under load).
+  Processes that do not combine their gradients, each training on its half
+  of every batch, give ~1 here.
 
 and that process 0 alone writes metrics.jsonl, TensorBoard events,
 config.json and eval.json. A second test makes one process fail and checks
@@ -233,6 +235,7 @@ def compilation_cache(tmp_path_factory):
   return str(tmp_path_factory.mktemp("compilation_cache"))
 
 
+@pytest.mark.slow  # 70 s; test_a_failing_process_stops_the_other runs two processes by default
 def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, compilation_cache):
   folder = class_folder(str(tmp_path / "images"))
   settings = {**SETTINGS, "data.image_folder": folder}
@@ -287,7 +290,7 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, compilation_
                 "test_top5_accuracy"):
       assert a[key] == b[key], (a["epoch"], key)
     for key in ("train_loss", "test_loss"):
-      np.testing.assert_allclose(a[key], b[key], rtol=2e-5, err_msg=f"epoch {a['epoch']} {key}")
+      np.testing.assert_allclose(a[key], b[key], rtol=3e-4, err_msg=f"epoch {a['epoch']} {key}")
 
   # Parameters and BatchNorm statistics after every epoch.
   config = cifar.get_config("smoke")
@@ -300,7 +303,7 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, compilation_
     two_state = restore.restore_checkpoint(config, multi, step=step, dataset=dataset)
     assert two_state.step == one_state.step == step
     worst, overall = update_differences(start, two_state.variables, one_state.variables)
-    assert worst <= 3e-3 and overall <= 1e-4, (step, worst, overall)
+    assert worst <= 3e-2 and overall <= 3e-3, (step, worst, overall)
 
 
 def test_a_failing_process_stops_the_other(tmp_path, compilation_cache):

@@ -92,6 +92,7 @@ def test_grid_in_pieces_then_complete_then_skipped(grid_in_pieces, tiny_folder, 
   assert len(_invocations(results, "resnet18-wa", 1)) == 1
 
 
+@pytest.mark.slow  # 35 s; replicas by default: tests/test_seeds.py
 def test_seeds_per_run_trains_replicas_and_shares_seeds(tmp_path, tiny_folder, subprocess_env):
   results = str(tmp_path / "results")
   common = ["--archs", "resnet18", "--attentions", "wa", "--data", tiny_folder, "--results",
@@ -316,6 +317,7 @@ def _interrupt_when_both_runs_hold_their_workdirs(args, env, workdirs, signum):
   return process.returncode, err
 
 
+@pytest.mark.slow  # 35 s; concurrent runs by default: test_a_failing_run_stops_the_runs_beside_it
 def test_concurrent_runs_stopped_by_signals_then_continued_equal_runs_one_at_a_time(
     grid_in_pieces, tiny_folder, subprocess_env, tmp_path):
   """Two runs at once: SIGTERM and then Ctrl-C (SIGINT) stop both (one line, 143 / 130, no

@@ -250,6 +250,7 @@ class Command:
   define: Callable[[flags.FlagValues, list[str]], None]
   run: Callable[[flags.FlagValues, list[str]], int]
   positional: str = ""  # what positional arguments are, if it takes any
+  choice: str = ""  # flags of which one is needed, for the usage line: "(--a=A | --b=B)"
   # What the line of a SIGINT / SIGTERM says after "stopped by SIGTERM: "
   # (`failures.exit_on_signals`); None: the command handles signals itself.
   on_signal: str | None = "stopped."
@@ -505,11 +506,13 @@ COMMANDS = {
                      "newest checkpoint (the epochs after it are trained again)."),
     "evaluate": Command("Evaluate a checkpoint of a workdir, or trained weights, optionally "
                         "under noise.", _define_evaluate, _run_evaluate,
+                        choice="(--workdir=WORKDIR | --pretrained=PRETRAINED)",
                         on_signal="evaluation stopped (eval.json is written when it ends)."),
     "report": Command("Compare training runs: a markdown table and training curves.",
                       _define_report, _run_report, positional="WORKDIR ..."),
     "visualize": Command("Attention maps of a WA run's checkpoint (or trained weights) next "
-                         "to a baseline.", _define_visualize, _run_visualize),
+                         "to a baseline.", _define_visualize, _run_visualize,
+                         choice="(--workdir=WORKDIR | --pretrained=PRETRAINED)"),
     "reproduce": Command("Train the paper's comparison grid and write its results tables.",
                          _define_reproduce, _run_reproduce, on_signal=None),
     "export": Command("Write a run's trained weights (no optimiser state) for "
@@ -572,8 +575,9 @@ def command_help(name: str, command: Command, fv: flags.FlagValues, program: str
   """`COMMAND --help`: usage, the flags with their defaults as values, the command's details,
   and with `--config FILE` the fields of that config."""
   rows = _flag_lines(fv)
-  required = " ".join(flag for flag, what in rows if what.startswith("(required)"))
-  lines = [f"usage: {program} {required} [--flag=value ...] {command.positional}".rstrip(), "",
+  required = [flag for flag, what in rows if what.startswith("(required)")]
+  words = ["usage:", program, *required, command.choice, "[--flag=value ...]", command.positional]
+  lines = [" ".join(word for word in words if word), "",
            command.help, "", "flags:"]
   width = min(42, max(len(flag) for flag, _ in rows) + 2)
   for flag, what in rows:
