@@ -14,7 +14,8 @@
 # defaults to .data/cifar10-jpeg.tar.gz (an image folder or archive); the
 # training path reads it without TensorFlow or tfds preparation.
 #
-# The full run gets FULL_RUN_SECONDS (default 150) of the budget.
+# The full run gets FULL_RUN_SECONDS (default 150) of the budget, the depthwise
+# benchmark DEPTHWISE_SECONDS (default 100).
 # OUT_DIR receives the raw results JSON, the table (table.md), the full run's
 # log, the trace of the train step and suite.log. A second call continues the
 # full run from its checkpoint (workdirs/benchmark_full_run).
@@ -57,6 +58,14 @@ if [[ ! -e "$DATA" ]]; then
   FULL=()
 else
   FULL=(--full-run "$DATA" --full-run-seconds "${FULL_RUN_SECONDS:-150}")
+fi
+# Depthwise convolutions (shifted multiply-adds against lax's grouped
+# convolution and PyTorch; docs/benchmarks.md "Depthwise convolutions"), within
+# DEPTHWISE_SECONDS (default 100; 0 skips it).
+if (( ${DEPTHWISE_SECONDS:-100} > 0 )); then
+  timeout "${DEPTHWISE_SECONDS:-100}" python3 benchmarks/depthwise.py --batch 128 --steps 20 \
+    --out "$OUT/depthwise.json" --docs "$OUT/depthwise.md" \
+    || echo "note: benchmarks/depthwise.py stopped (exit $?) within ${DEPTHWISE_SECONDS:-100} s"
 fi
 LEFT=$(( BUDGET - ($(date +%s) - START) ))
 python3 benchmarks/throughput.py --budget "$LEFT" --profile "${FULL[@]}" \

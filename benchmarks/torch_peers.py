@@ -1,4 +1,7 @@
-"""PyTorch peers of the WA-ResNet18 train step, for the speed comparison in throughput.py.
+"""PyTorch peers of the WA-ResNet18 and MobileNetV2 train steps, for the speed comparisons.
+
+The peers of throughput.py (WA-ResNet18) and depthwise.py (MobileNetV2 with
+and without WA, WA-ResNet18 with a long wavelet).
 
 "resnet18" is the reference's 20-layer CIFAR ResNet (BasicBlock x [3, 3, 3],
 16/32/64 channels) with Wavelet-Attention (WA) in place of stage 2's first
@@ -145,6 +148,81 @@ class WAResNet18(nn.Module):
     return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+class InvertedResidual(nn.Module):
+  """The reference's CIFAR MobileNetV2 block on NCHW: expand 1x1, depthwise 3x3, project 1x1.
+
+  conv1x1 -> BN -> ReLU -> depthwise conv3x3 (groups = channels) -> BN -> ReLU
+  -> conv1x1 -> BN; + shortcut at stride 1 (identity, or conv1x1 + BN). With
+  `wa` a stride-2 block runs WA (its `out`) on the expanded features and the
+  depthwise conv at stride 1.
+  """
+
+  def __init__(self, in_planes, planes, expansion, stride, wa: nn.Module | None = None):
+    super().__init__()
+    hidden = expansion * in_planes
+    self.stride, self.wa = stride, wa
+    self.conv1 = nn.Conv2d(in_planes, hidden, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(hidden)
+    self.conv2 = nn.Conv2d(hidden, hidden, 3, 1 if wa is not None else stride, padding=1,
+                           groups=hidden, bias=False)
+    self.bn2 = nn.BatchNorm2d(hidden)
+    self.conv3 = nn.Conv2d(hidden, planes, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(planes)
+    self.shortcut = nn.Sequential(
+        nn.Conv2d(in_planes, planes, 1, bias=False),
+        nn.BatchNorm2d(planes)) if stride == 1 and in_planes != planes else nn.Sequential()
+
+  def forward(self, x):
+    out = F.relu(self.bn1(self.conv1(x)))
+    if self.wa is not None:
+      out = self.wa(out)[0]
+    out = F.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    return out + self.shortcut(x) if self.stride == 1 else out
+
+
+class MobileNetV2(nn.Module):
+  """The reference's CIFAR MobileNetV2 (stride-1 stem and second stage, plain ReLU), NCHW.
+
+  (N, 3, 32, 32) -> logits (N, num_classes); `wa`: WA in every stride-2 block
+  (`tuned` picks its DWT, as WAResNet18's). The stages of
+  wacnn_jax.models.mobilenet_v2.STAGES.
+  """
+
+  STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+            (6, 160, 3, 2), (6, 320, 1, 1))
+
+  def __init__(self, num_classes: int = 10, wa: bool = False, wavelet: str = "haar",
+               tuned: bool = False):
+    super().__init__()
+    self.conv1 = nn.Conv2d(3, 32, 3, padding=1, bias=False)
+    self.bn1 = nn.BatchNorm2d(32)
+    blocks, in_planes = [], 32
+    for expansion, planes, repeats, stride in self.STAGES:
+      for s in [stride] + [1] * (repeats - 1):
+        attention = (WaveletAttention(expansion * in_planes, wavelet, tuned)
+                     if wa and s == 2 else None)
+        blocks.append(InvertedResidual(in_planes, planes, expansion, s, attention))
+        in_planes = planes
+    self.layers = nn.Sequential(*blocks)
+    self.conv2 = nn.Conv2d(320, 1280, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(1280)
+    self.linear = nn.Linear(1280, num_classes)
+
+  def forward(self, x):
+    out = self.layers(F.relu(self.bn1(self.conv1(x))))
+    out = F.relu(self.bn2(self.conv2(out)))
+    return self.linear(F.avg_pool2d(out, 4).flatten(1))
+
+
+# The peers' networks by name: (tuned, wavelet) -> module.
+MODELS = {
+    "resnet18-wa": lambda tuned, wavelet: WAResNet18(wavelet=wavelet, tuned=tuned),
+    "mobilenetv2": lambda tuned, wavelet: MobileNetV2(tuned=tuned),
+    "mobilenetv2-wa": lambda tuned, wavelet: MobileNetV2(wa=True, wavelet=wavelet, tuned=tuned),
+}
+
+
 def augment_one(image: np.ndarray, generator: torch.Generator) -> torch.Tensor:
   """(32, 32, 3) uint8 HWC -> (3, 32, 32) float32: the reference's per-image transforms.
 
@@ -219,23 +297,26 @@ class TrainStep:
     return loss.detach() if self.tuned else loss.item()
 
 
-def time_training(peer: str, batch_size: int, device: str = "cuda", steps: int = 50,
-                  warmup: int = 10, repeats: int = 3, dataset_size: int = 50_000,
-                  seed: int = 0) -> float:
-  """Training images/s of `peer` ('faithful' or 'tuned'): the median over `repeats` timings.
+def training_runner(peer: str, batch_size: int, device: str = "cuda",
+                    dataset_size: int = 50_000, seed: int = 0, model: str = "resnet18-wa",
+                    wavelet: str = "haar"):
+  """`seconds(count)`: the time of `count` train steps of `peer` ('faithful' or 'tuned').
 
-  `dataset_size` random images and labels in shuffled epochs of drop_last
-  batches, augmentation included; `warmup` untimed steps (where torch.compile
-  compiles), then `steps` steps per timing, the clock stopped after a CUDA sync.
+  `model`: a name of MODELS (WA with `wavelet`). `dataset_size` random images
+  and labels in shuffled epochs of drop_last batches, augmentation included;
+  the clock stops after a CUDA sync.
   """
   tuned = {"faithful": False, "tuned": True}[peer]
   if dataset_size < batch_size:
     raise ValueError(f"dataset_size {dataset_size} < batch_size {batch_size}")
+  if model not in MODELS:
+    raise ValueError(f"unknown peer model {model!r}; one of {', '.join(MODELS)}")
   torch.manual_seed(seed)
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (dataset_size, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, (dataset_size,))
-  step = TrainStep(WAResNet18(tuned=tuned), device, images, labels, tuned=tuned, seed=seed)
+  step = TrainStep(MODELS[model](tuned, wavelet), device, images, labels, tuned=tuned,
+                   seed=seed)
   if tuned:  # permutations drawn on the device
     generator = torch.Generator(step.device).manual_seed(seed + 1)
 
@@ -259,5 +340,17 @@ def time_training(peer: str, batch_size: int, device: str = "cuda", steps: int =
       torch.cuda.synchronize()
     return time.perf_counter() - start
 
+  return seconds
+
+
+def time_training(peer: str, batch_size: int, device: str = "cuda", steps: int = 50,
+                  warmup: int = 10, repeats: int = 3, dataset_size: int = 50_000,
+                  seed: int = 0, model: str = "resnet18-wa", wavelet: str = "haar") -> float:
+  """Training images/s of `peer`: the median over `repeats` timings of `steps` steps.
+
+  `warmup` untimed steps first (where torch.compile compiles); the rest as
+  `training_runner`.
+  """
+  seconds = training_runner(peer, batch_size, device, dataset_size, seed, model, wavelet)
   seconds(warmup)
   return statistics.median(steps * batch_size / seconds(steps) for _ in range(repeats))

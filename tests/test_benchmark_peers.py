@@ -235,3 +235,71 @@ def test_time_training_returns_a_rate(tp, peer):
 def test_time_training_refuses_an_unknown_peer(tp):
   with pytest.raises(KeyError):
     tp.time_training("other", 4, device="cpu")
+
+
+def _jax_mobilenet_variables(tp, state_dict):
+  """A torch MobileNetV2 peer's state_dict as the variables of wacnn_jax's mobilenetv2."""
+  names = [f"stage{stage}_block{block}"
+           for stage, (_, _, repeats, _) in enumerate(tp.MobileNetV2.STAGES, start=1)
+           for block in range(repeats)]
+  in_block = {"conv1": "expand_conv", "bn1": "expand_bn", "conv2": "depthwise_conv",
+              "bn2": "depthwise_bn", "conv3": "project_conv", "bn3": "project_bn",
+              "shortcut.0": "shortcut_conv", "shortcut.1": "shortcut_bn"}
+  top = {"conv1": "stem_conv", "bn1": "stem_bn", "conv2": "head_conv", "bn2": "head_bn",
+         "linear": "classifier"}
+  variables = {"params": {}, "batch_stats": {}}
+  for key, value in state_dict.items():
+    path, leaf = key.rsplit(".", 1)
+    if leaf == "num_batches_tracked":
+      continue
+    if path.startswith("layers."):  # layers.4.bn2 -> stage3_block1/depthwise_bn
+      _, index, layer = path.split(".", 2)
+      parts = [names[int(index)], in_block[layer]]
+    else:
+      parts = [top[path]]
+    value = value.numpy()
+    collection, leaf = {"weight": ("params", "kernel" if value.ndim > 1 else "scale"),
+                        "bias": ("params", "bias"), "running_mean": ("batch_stats", "mean"),
+                        "running_var": ("batch_stats", "var")}[leaf]
+    if value.ndim == 4:  # (Cout, Cin / groups, kH, kW) -> (kH, kW, Cin / groups, Cout)
+      value = value.transpose(2, 3, 1, 0)
+    elif value.ndim == 2:
+      value = value.T
+    tree = variables[collection]
+    for part in parts:
+      tree = tree.setdefault(part, {})
+    tree[leaf] = value
+  return variables
+
+
+@pytest.mark.parametrize("wa", [False, True])
+def test_mobilenet_peer_is_the_jax_mobilenet(tp, wa):
+  """The MobileNetV2 peer (faithful: the reference's matrix DWT) has wacnn_jax's parameter
+  tree (2,296,922 parameters with or without WA) and, with the same weights, its logits;
+  the tuned peer computes the same function."""
+  import torch
+  torch.manual_seed(0)
+  peer = _with_random_batch_norms(tp.MobileNetV2(wa=wa)).eval()
+  assert sum(p.numel() for p in peer.parameters()) == 2_296_922
+  model = models.create_model("mobilenetv2", num_classes=10, attention="wa" if wa else "none")
+  x = np.random.default_rng(5).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+  variables = _jax_mobilenet_variables(tp, peer.state_dict())
+  assert (jax.tree_util.tree_map(np.shape, variables)
+          == jax.tree_util.tree_map(lambda s: s.shape, shapes))
+  want = jax.jit(lambda v: model.apply(v, x, train=False))(variables)
+  nchw = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  tuned = tp.MobileNetV2(wa=wa, tuned=True).eval()
+  tuned.load_state_dict(peer.state_dict())
+  with torch.no_grad():
+    got, got_tuned = peer(nchw), tuned(nchw.contiguous(memory_format=torch.channels_last))
+  np.testing.assert_allclose(got.numpy(), want, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(got_tuned.numpy(), want, atol=1e-4, rtol=1e-4)
+
+
+def test_time_training_of_each_peer_model(tp):
+  for model in tp.MODELS:
+    assert tp.time_training("tuned", 4, device="cpu", steps=1, warmup=1, repeats=1,
+                            dataset_size=8, model=model, wavelet="db2") > 0
+  with pytest.raises(ValueError, match="unknown peer model 'vgg'"):
+    tp.time_training("tuned", 4, device="cpu", model="vgg")

@@ -25,6 +25,7 @@ def small_folder(random_image_folder):
 
 def _suite_env(base):
   env = dict(base)
+  env["DEPTHWISE_SECONDS"] = "0"  # benchmarks/depthwise.py: tests/test_benchmark_depthwise.py
   env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # python3 = this one
   return env
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import pywt
 
+from wacnn_jax import layers
 from wacnn_jax import wavelets
 
 WAVELETS = ("haar", "db2", "sym4", "coif1", "bior2.2")
@@ -125,15 +126,25 @@ def test_idwt2_matches_pywt(wavelet):
   np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_one_depthwise_conv_with_constant_filters():
-  x = jnp.zeros((2, 8, 8, 3), jnp.float32)
+@pytest.mark.parametrize("implementation", ["shifted", "grouped"])
+def test_one_depthwise_conv_with_constant_filters(implementation, monkeypatch):
+  """dwt2 of a long wavelet is one stride-2 depthwise convolution with constant filters,
+  computed as this backend's entry of layers.DEPTHWISE_IMPLEMENTATION says: lax's grouped
+  convolution, or shifted multiply-adds with no convolution at all. Both equal pywt."""
+  monkeypatch.setitem(layers.DEPTHWISE_IMPLEMENTATION, jax.default_backend(), implementation)
+  x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
   jaxpr = jax.make_jaxpr(lambda v: wavelets.dwt2(v, "db2"))(x)
   assert len(jaxpr.jaxpr.invars) == 1  # the filters are constants, not inputs
   convs = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
-  assert len(convs) == 1
-  assert convs[0].params["feature_group_count"] == 3
-  assert tuple(convs[0].params["window_strides"]) == (2, 2)
-  assert convs[0].outvars[0].aval.shape == (2, 4, 4, 12)
+  if implementation == "grouped":
+    assert len(convs) == 1
+    assert convs[0].params["feature_group_count"] == 3
+    assert tuple(convs[0].params["window_strides"]) == (2, 2)
+    assert convs[0].outvars[0].aval.shape == (2, 4, 4, 12)
+  else:
+    assert not convs and "custom_vjp_call" in str(jaxpr)
+  for got, want in zip(wavelets.dwt2(x, "db2"), _pywt_bands(x, "db2")):
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
   inverse = jax.make_jaxpr(lambda b: wavelets.idwt2(b, "db2"))(wavelets.dwt2(x, "db2"))
   convs = [e for e in inverse.jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
   assert len(convs) == 1 and tuple(convs[0].params["lhs_dilation"]) == (2, 2)
@@ -180,10 +191,13 @@ def test_bfloat16():
 
 
 def test_gradients():
+  """Reverse-mode gradients against finite differences in float64 (the shifted depthwise
+  convolution's custom VJP included; it has no forward mode)."""
   with jax.enable_x64(True):
     x = jnp.asarray(_random((1, 4, 6, 2), seed=8), jnp.float64)
-    check_grads(lambda v: wavelets.dwt2(v, "db2"), (x,), order=1)
-    check_grads(lambda v: wavelets.idwt2(wavelets.dwt2(v, "sym4"), "sym4"), (x,), order=1)
+    check_grads(lambda v: wavelets.dwt2(v, "db2"), (x,), order=1, modes=["rev"])
+    check_grads(lambda v: wavelets.idwt2(wavelets.dwt2(v, "sym4"), "sym4"), (x,), order=1,
+                modes=["rev"])
     grad = jax.grad(lambda v: wavelets.idwt2(wavelets.dwt2(v, "coif1"), "coif1").sum())(x)
     np.testing.assert_allclose(np.asarray(grad), 1.0, atol=1e-10)  # identity map
 

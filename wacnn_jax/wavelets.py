@@ -43,6 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 import pywt
 
+from wacnn_jax import layers
+
 MODES = ("periodization", "zero")
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
@@ -160,7 +162,11 @@ def dwt2(x, wavelet: str = "haar", mode: str = "periodization"):
 
 
 def dwt2_conv(x, wavelet: str = "haar", mode: str = "periodization"):
-  """`dwt2` for any wavelet as one stride-2 depthwise conv (`feature_group_count=C`, 4C outputs)."""
+  """`dwt2` for any wavelet as one stride-2 depthwise conv (4 outputs per channel).
+
+  The padded input (wrapped in periodization mode, zeros in zero mode)
+  correlated with the F x F band kernels by `layers.depthwise_conv2d`.
+  """
   _check_mode(mode)
   _check_nhwc(x, "dwt2")
   x = _make_even(_as_float(x))
@@ -170,12 +176,9 @@ def dwt2_conv(x, wavelet: str = "haar", mode: str = "periodization"):
   if p > 0:
     x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)),
                 mode="wrap" if mode == "periodization" else "constant")
-  # HWIO (F, F, 1, 4C): group c produces output channels 4c .. 4c + 3.
+  # HWIO (F, F, 1, 4C): channel c produces output channels 4c .. 4c + 3.
   rhs = np.tile(kernels[:, :, None, :], (1, 1, 1, c))
-  y = jax.lax.conv_general_dilated(
-      x, rhs, window_strides=(2, 2), padding="VALID",
-      dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=c,
-      precision=jax.lax.Precision.HIGHEST)
+  y = layers.depthwise_conv2d(x, rhs, strides=2)
   y = y.reshape(n, h // 2, w // 2, c, 4)
   return tuple(y[..., band] for band in range(4))
 

@@ -49,8 +49,7 @@ class InvertedResidual(registry.BackboneModule):
     if strides == 2 and self.attention.replaces_downsampling:
       y, _ = self.attention.module(name="wavelet_attention", dtype=self.dtype)(y, train)
       strides = 1
-    y = layers.conv(hidden, 3, strides=strides, groups=hidden, dtype=self.dtype,
-                    name="depthwise_conv")(y)
+    y = layers.DepthwiseConv(3, strides, dtype=self.dtype, name="depthwise_conv")(y)
     y = nn.relu(bn("depthwise_bn")(y))
     y = layers.conv(self.features, 1, dtype=self.dtype, name="project_conv")(y)
     y = bn("project_bn")(y)

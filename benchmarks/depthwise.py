@@ -1,0 +1,259 @@
+"""Depthwise convolutions side by side: shifted multiply-adds, lax's grouped convolution, PyTorch.
+
+`wacnn_jax.layers.depthwise_conv2d` computes a depthwise convolution either as
+shifted multiply-adds (`depthwise_conv2d_shifted`) or as lax's grouped
+convolution; `layers.DEPTHWISE_IMPLEMENTATION` picks one per backend. This
+script measures both, in one process with their windows interleaved, beside
+PyTorch on the same device, and prints a markdown table:
+
+1. op: one depthwise 3x3 convolution, forward + both gradients, at the
+   shapes of MobileNetV2's blocks (batch `--batch`), against
+   torch.nn.functional.conv2d(groups=C) (NCHW, as the reference runs);
+2. dwt: `wavelets.dwt2` of db2 (the stride-2 depthwise convolution with 4
+   band kernels per channel) forward + input gradient, at WA's inputs in
+   resnet18 and mobilenetv2;
+3. train: the real train step (throughput.train_runners: gather,
+   augmentation, forward, backward, SGD) of mobilenetv2, mobilenetv2-WA and
+   resnet18-WA with db2, with each implementation, and the faithful PyTorch
+   peer of each (benchmarks/torch_peers.py: the reference's eager NCHW fp32
+   code with its DataLoader; its WA through the reference's matrix DWT).
+
+    python benchmarks/depthwise.py --batch 32 --docs docs/benchmarks.md --section depthwise-cpu
+
+Each row is the median over `--windows` windows; a ratio compares medians of
+the same run. `--phases` picks op, dwt, train; `--out FILE` keeps the raw JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from unittest import mock
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from benchmarks import throughput  # pylint: disable=g-import-not-at-top
+from wacnn_jax import layers  # pylint: disable=g-import-not-at-top
+from wacnn_jax import wavelets  # pylint: disable=g-import-not-at-top
+
+IMPLEMENTATIONS = ("shifted", "grouped")
+# (H = W, channels, stride) of MobileNetV2's depthwise convolutions on 32x32 inputs.
+OP_SHAPES = ((32, 96, 1), (32, 144, 2), (16, 192, 1), (8, 384, 1), (8, 576, 2), (4, 960, 1))
+# WA's inputs: resnet18's stage 2 (16 channels at 32x32), mobilenetv2's stage 3 (144 at 32x32).
+DWT_SHAPES = ((32, 16), (32, 144))
+# (row label, arch, attention spec, PyTorch peer model, wavelet)
+TRAIN_MODELS = (("mobilenetv2", "mobilenetv2", "none", "mobilenetv2", "haar"),
+                ("mobilenetv2-WA", "mobilenetv2", "wa", "mobilenetv2-wa", "haar"),
+                ("resnet18-WA db2", "resnet18", "wa(wavelet='db2')", "resnet18-wa", "db2"))
+
+
+def implementation(name: str):
+  """A context in which this backend's depthwise convolutions trace as `name`."""
+  return mock.patch.dict(layers.DEPTHWISE_IMPLEMENTATION, {jax.default_backend(): name})
+
+
+def interleaved(runners: dict, windows: int) -> dict:
+  """{name: median seconds of runners[name]()} with the runners' windows alternating."""
+  times = {name: [] for name in runners}
+  for _ in range(windows):
+    for name, run in runners.items():
+      start = time.perf_counter()
+      run()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _jax_runner(fn, *args, repeats: int):
+  """Warmed-up `run()` of jitted `fn(*args)`, `repeats` calls per window."""
+  jitted = jax.jit(fn)
+  jax.block_until_ready(jitted(*args))
+
+  def run():
+    for _ in range(repeats):
+      out = jitted(*args)
+    jax.block_until_ready(out)
+
+  return run
+
+
+def _torch_device() -> str:
+  import torch  # pylint: disable=g-import-not-at-top
+  return "cuda" if torch.cuda.is_available() and jax.default_backend() == "gpu" else "cpu"
+
+
+def _torch_depthwise_runner(batch, hw, c, strides, repeats):
+  """PyTorch's depthwise conv3x3 (NCHW), forward + both gradients."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  device = _torch_device()
+  x = torch.randn(batch, c, hw, hw, device=device, requires_grad=True)
+  w = torch.randn(c, 1, 3, 3, device=device, requires_grad=True)
+  g = torch.randn(batch, c, (hw - 1) // strides + 1, (hw - 1) // strides + 1, device=device)
+
+  def run():
+    for _ in range(repeats):
+      x.grad = w.grad = None
+      F.conv2d(x, w, stride=strides, padding=1, groups=c).backward(g)
+    if device == "cuda":
+      torch.cuda.synchronize()
+
+  run()
+  return run
+
+
+def bench_ops(batch: int, windows: int, repeats: int, with_torch: bool) -> list[dict]:
+  rows = []
+  for hw, c, strides in OP_SHAPES:
+    x = jax.random.normal(jax.random.key(0), (batch, hw, hw, c))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, c)) / 3
+    runners = {}
+    for name in IMPLEMENTATIONS:
+      def loss(x, kernel, name=name):
+        y = layers.depthwise_conv2d(x, kernel, strides=strides, padding=1, implementation=name)
+        return jnp.sum(y * y)
+      runners[name] = _jax_runner(jax.grad(loss, argnums=(0, 1)), x, kernel, repeats=repeats)
+    if with_torch:
+      runners["torch"] = _torch_depthwise_runner(batch, hw, c, strides, repeats)
+    seconds = interleaved(runners, windows)
+    rows.append({"shape": f"{batch}x{hw}x{hw}x{c} s{strides}",
+                 **{name: s / repeats for name, s in seconds.items()}})
+    print("  op", rows[-1], flush=True)
+  return rows
+
+
+def bench_dwt(batch: int, windows: int, repeats: int) -> list[dict]:
+  rows = []
+  bandwidth = throughput.measured_bandwidth(quick=jax.default_backend() == "cpu")
+  for hw, c in DWT_SHAPES:
+    x = jax.random.normal(jax.random.key(0), (batch, hw, hw, c))
+    floor = 2 * x.size * 4 / bandwidth  # read the input, write four quarter-size bands
+    forward, backward = {}, {}
+    for name in IMPLEMENTATIONS:
+      with implementation(name):
+        forward[name] = _jax_runner(lambda v: wavelets.dwt2(v, "db2"), x, repeats=repeats)
+        backward[name] = _jax_runner(
+            jax.grad(lambda v: sum(jnp.sum(b * b) for b in wavelets.dwt2(v, "db2"))), x,
+            repeats=repeats)
+    seconds = interleaved({**{f"{n} forward": r for n, r in forward.items()},
+                           **{f"{n} forward+gradient": r for n, r in backward.items()}},
+                          windows)
+    rows.append({"shape": f"{batch}x{hw}x{hw}x{c}", "floor": floor,
+                 **{name: s / repeats for name, s in seconds.items()}})
+    print("  dwt", rows[-1], flush=True)
+  return rows
+
+
+def bench_train(batch: int, steps: int, windows: int, with_torch: bool) -> list[dict]:
+  rows = []
+  for label, arch, spec, peer_model, wavelet in TRAIN_MODELS:
+    runners = {}
+    for name in IMPLEMENTATIONS:
+      with implementation(name):
+        run_train, _, _, _ = throughput.train_runners(arch, spec, False, batch, steps)
+      runners[name] = lambda run=run_train: jax.block_until_ready(run())
+    if with_torch:
+      from benchmarks import torch_peers  # pylint: disable=g-import-not-at-top
+      seconds = torch_peers.training_runner(
+          "faithful", batch, _torch_device(), dataset_size=max(batch * steps, 2 * batch),
+          model=peer_model, wavelet=wavelet)
+      seconds(max(1, steps // 2))
+      runners["torch"] = lambda seconds=seconds: seconds(steps)
+    times = interleaved(runners, windows)
+    rows.append({"model": label, **{name: steps * batch / s for name, s in times.items()}})
+    print("  train", rows[-1], flush=True)
+  return rows
+
+
+def _ms(seconds: float) -> str:
+  return f"{seconds * 1e3:,.2f} ms" if seconds < 1 else f"{seconds:,.2f} s"
+
+
+def render(raw: dict) -> str:
+  info = raw["info"]
+  lines = [f"Measured {info['date']} on {info['device']} ({info['host']}); JAX {info['jax']}, "
+           f"PyTorch {info['torch']}; fp32; medians of {raw['windows']} interleaved windows "
+           f"in one process.", ""]
+  if raw.get("op"):
+    lines += ["| depthwise conv3x3, forward + both gradients | shifted | grouped (lax) | "
+              "PyTorch | shifted vs grouped | PyTorch time / shifted |", "|---|---|---|---|---|---|"]
+    for r in raw["op"]:
+      torch_time = r.get("torch")
+      torch_cells = (_ms(torch_time), f"{torch_time / r['shifted']:.2f}x") if torch_time else (
+          "-", "-")
+      lines.append(f"| {r['shape']} | {_ms(r['shifted'])} | {_ms(r['grouped'])} | "
+                   f"{torch_cells[0]} | {r['grouped'] / r['shifted']:.1f}x faster | "
+                   f"{torch_cells[1]} |")
+    lines.append("")
+  if raw.get("dwt"):
+    lines += ["| dwt2 db2 | shifted forward | grouped forward | shifted fwd+grad | "
+              "grouped fwd+grad | forward / floor (shifted, grouped) |", "|---|---|---|---|---|---|"]
+    for r in raw["dwt"]:
+      lines.append(
+          f"| {r['shape']} | {_ms(r['shifted forward'])} | {_ms(r['grouped forward'])} | "
+          f"{_ms(r['shifted forward+gradient'])} | {_ms(r['grouped forward+gradient'])} | "
+          f"{r['shifted forward'] / r['floor']:.1f}x, {r['grouped forward'] / r['floor']:.1f}x |")
+    lines.append("")
+  if raw.get("train"):
+    lines += [f"| train step, batch {raw['batch']} | shifted | grouped (lax) | faithful PyTorch | "
+              "shifted vs grouped | shifted vs PyTorch |", "|---|---|---|---|---|---|"]
+    for r in raw["train"]:
+      torch_rate = r.get("torch")
+      torch_cells = (f"{torch_rate:,.1f} img/s", f"{r['shifted'] / torch_rate:.2f}x") if (
+          torch_rate) else ("-", "-")
+      lines.append(f"| {r['model']} | {r['shifted']:,.1f} img/s | {r['grouped']:,.1f} img/s | "
+                   f"{torch_cells[0]} | {r['shifted'] / r['grouped']:.2f}x | {torch_cells[1]} |")
+  return "\n".join(lines).rstrip()
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--steps", type=int, default=2, help="train steps per window")
+  parser.add_argument("--repeats", type=int, default=5, help="op calls per window")
+  parser.add_argument("--windows", type=int, default=5)
+  parser.add_argument("--phases", default="op,dwt,train")
+  parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+  parser.add_argument("--docs", help="markdown file to write the table into")
+  parser.add_argument("--section", default="depthwise", help="marker name in --docs")
+  parser.add_argument("--out", help="JSON file for the raw numbers")
+  args = parser.parse_args(argv)
+  phases = set(args.phases.split(","))
+  unknown = phases - {"op", "dwt", "train"}
+  if unknown:
+    parser.error(f"unknown phases {sorted(unknown)}; choose from op, dwt, train")
+  with_torch = not args.no_torch
+  if with_torch:
+    try:
+      import torch  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:
+      print("PyTorch is not installed: its columns stay empty.", flush=True)
+      with_torch = False
+  raw = {"info": throughput.machine_info(), "batch": args.batch, "windows": args.windows}
+  if "op" in phases:
+    raw["op"] = bench_ops(args.batch, args.windows, args.repeats, with_torch)
+  if "dwt" in phases:
+    raw["dwt"] = bench_dwt(args.batch, args.windows, args.repeats)
+  if "train" in phases:
+    raw["train"] = bench_train(args.batch, args.steps, args.windows, with_torch)
+  table = render(raw)
+  print(table)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(raw, f, indent=1)
+  if args.docs:
+    throughput.write_docs(args.docs, table, args.section)
+  return raw
+
+
+if __name__ == "__main__":
+  with contextlib.suppress(KeyboardInterrupt):
+    main()
