@@ -1,8 +1,8 @@
 """Depthwise convolutions side by side: shifted multiply-adds, lax's grouped convolution, PyTorch.
 
-`wacnn_jax.layers.depthwise_conv2d` computes a depthwise convolution either as
+`wacnn_jax.depthwise.depthwise_conv2d` computes a depthwise convolution either as
 shifted multiply-adds (`depthwise_conv2d_shifted`) or as lax's grouped
-convolution; `layers.DEPTHWISE_IMPLEMENTATION` picks one per backend. This
+convolution; `depthwise.DEPTHWISE_IMPLEMENTATION` picks one per backend. This
 script measures both, in one process with their windows interleaved, beside
 PyTorch on the same device, and prints a markdown table:
 
@@ -16,7 +16,13 @@ PyTorch on the same device, and prints a markdown table:
    augmentation, forward, backward, SGD) of mobilenetv2, mobilenetv2-WA and
    resnet18-WA with db2, with each implementation, and the faithful PyTorch
    peer of each (benchmarks/torch_peers.py: the reference's eager NCHW fp32
-   code with its DataLoader; its WA through the reference's matrix DWT).
+   code with its DataLoader; its WA through the reference's matrix DWT);
+4. levers: the train step of mobilenetv2 and resnet18-WA with every CPU lever
+   of `layers.Conv` and with each one taken out (the output-gradient barrier,
+   1x1 convolutions as matrix products), windows interleaved;
+5. profile: where mobilenetv2's train step goes (a jax.profiler trace of it
+   with this backend's implementation, time per op class and the top ops,
+   throughput.summarize_trace).
 
     python benchmarks/depthwise.py --batch 32 --docs docs/benchmarks.md --section depthwise-cpu
 
@@ -42,6 +48,7 @@ import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import throughput  # pylint: disable=g-import-not-at-top
+from wacnn_jax import depthwise  # pylint: disable=g-import-not-at-top
 from wacnn_jax import layers  # pylint: disable=g-import-not-at-top
 from wacnn_jax import wavelets  # pylint: disable=g-import-not-at-top
 
@@ -58,7 +65,7 @@ TRAIN_MODELS = (("mobilenetv2", "mobilenetv2", "none", "mobilenetv2", "haar"),
 
 def implementation(name: str):
   """A context in which this backend's depthwise convolutions trace as `name`."""
-  return mock.patch.dict(layers.DEPTHWISE_IMPLEMENTATION, {jax.default_backend(): name})
+  return mock.patch.dict(depthwise.DEPTHWISE_IMPLEMENTATION, {jax.default_backend(): name})
 
 
 def interleaved(runners: dict, windows: int) -> dict:
@@ -118,7 +125,7 @@ def bench_ops(batch: int, windows: int, repeats: int, with_torch: bool) -> list[
     runners = {}
     for name in IMPLEMENTATIONS:
       def loss(x, kernel, name=name):
-        y = layers.depthwise_conv2d(x, kernel, strides=strides, padding=1, implementation=name)
+        y = depthwise.depthwise_conv2d(x, kernel, strides=strides, padding=1, implementation=name)
         return jnp.sum(y * y)
       runners[name] = _jax_runner(jax.grad(loss, argnums=(0, 1)), x, kernel, repeats=repeats)
     if with_torch:
@@ -173,6 +180,38 @@ def bench_train(batch: int, steps: int, windows: int, with_torch: bool) -> list[
   return rows
 
 
+# Levers of layers.Conv: name -> the context in which the step is traced without it.
+LEVER_ABLATIONS = {
+    "without the output-gradient barrier": lambda: mock.patch.object(
+        layers, "_cotangent_barrier", lambda y: y),
+    "without 1x1 convolutions as matrix products": lambda: mock.patch.object(
+        layers, "POINTWISE_AS_MATMUL", ()),
+}
+
+
+def bench_levers(batch: int, steps: int, windows: int) -> list[dict]:
+  rows = []
+  for arch, spec in (("mobilenetv2", "none"), ("resnet18", "wa")):
+    runners = {}
+    for name, ablation in {"all levers": contextlib.nullcontext, **LEVER_ABLATIONS}.items():
+      with ablation():
+        run_train, _, _, _ = throughput.train_runners(arch, spec, False, batch, steps)
+      runners[name] = lambda run=run_train: jax.block_until_ready(run())
+    times = interleaved(runners, windows)
+    rows.append({"model": f"{arch} {spec}", **{name: steps * batch / s for name, s in times.items()}})
+    print("  levers", rows[-1], flush=True)
+  return rows
+
+
+def bench_profile(batch: int, steps: int, out_dir: str | None) -> dict:
+  results = throughput.Results(None, {}, {})
+  summary = throughput.profile_train_step(results, False, batch, steps, out_dir,
+                                          arch="mobilenetv2", attention="none")
+  print("  profile", {lane: round(v["busy_us_per_step"]) for lane, v in summary["lanes"].items()},
+        flush=True)
+  return summary
+
+
 def _ms(seconds: float) -> str:
   return f"{seconds * 1e3:,.2f} ms" if seconds < 1 else f"{seconds:,.2f} s"
 
@@ -211,6 +250,26 @@ def render(raw: dict) -> str:
           torch_rate) else ("-", "-")
       lines.append(f"| {r['model']} | {r['shifted']:,.1f} img/s | {r['grouped']:,.1f} img/s | "
                    f"{torch_cells[0]} | {r['shifted'] / r['grouped']:.2f}x | {torch_cells[1]} |")
+    lines.append("")
+  if raw.get("levers"):
+    names = list(LEVER_ABLATIONS)
+    lines += [f"| train step, batch {raw['batch']} | all levers | " + " | ".join(names) + " |",
+              "|---|---|" + "---|" * len(names)]
+    for r in raw["levers"]:
+      cells = [f"{r[n]:,.1f} img/s ({r['all levers'] / r[n]:.2f}x)" for n in names]
+      lines.append(f"| {r['model']} | {r['all levers']:,.1f} img/s | " + " | ".join(cells) + " |")
+    lines.append("")
+  if raw.get("profile"):
+    profile = raw["profile"]
+    lines += [f"mobilenetv2 train step, batch {profile['batch']}, traced: "
+              f"{profile['trace_wall_us_per_step'] / 1e3:,.1f} ms per step.", "",
+              "| lane | busy ms/step | by op class (ms/step) | top ops (ms/step) |",
+              "|---|---|---|---|"]
+    for lane, v in list(profile["lanes"].items())[:2]:
+      classes = ", ".join(f"{k} {t / 1e3:.1f}" for k, t in v["us_per_step_by_class"].items())
+      top = ", ".join(f"`{k[:40]}` {t / 1e3:.1f}"
+                      for k, t in list(v["top_ops_us_per_step"].items())[:6])
+      lines.append(f"| {lane} | {v['busy_us_per_step'] / 1e3:,.1f} | {classes} | {top} |")
   return "\n".join(lines).rstrip()
 
 
@@ -220,16 +279,17 @@ def main(argv=None) -> dict:
   parser.add_argument("--steps", type=int, default=2, help="train steps per window")
   parser.add_argument("--repeats", type=int, default=5, help="op calls per window")
   parser.add_argument("--windows", type=int, default=5)
-  parser.add_argument("--phases", default="op,dwt,train")
+  parser.add_argument("--phases", default="op,dwt,train,levers,profile")
   parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
   parser.add_argument("--docs", help="markdown file to write the table into")
   parser.add_argument("--section", default="depthwise", help="marker name in --docs")
   parser.add_argument("--out", help="JSON file for the raw numbers")
   args = parser.parse_args(argv)
   phases = set(args.phases.split(","))
-  unknown = phases - {"op", "dwt", "train"}
+  unknown = phases - {"op", "dwt", "train", "levers", "profile"}
   if unknown:
-    parser.error(f"unknown phases {sorted(unknown)}; choose from op, dwt, train")
+    parser.error(f"unknown phases {sorted(unknown)}; choose from op, dwt, train, levers, "
+                 "profile")
   with_torch = not args.no_torch
   if with_torch:
     try:
@@ -244,6 +304,11 @@ def main(argv=None) -> dict:
     raw["dwt"] = bench_dwt(args.batch, args.windows, args.repeats)
   if "train" in phases:
     raw["train"] = bench_train(args.batch, args.steps, args.windows, with_torch)
+  if "levers" in phases:
+    raw["levers"] = bench_levers(args.batch, args.steps, args.windows)
+  if "profile" in phases:
+    raw["profile"] = bench_profile(args.batch, args.steps,
+                                   os.path.dirname(os.path.abspath(args.out)) if args.out else None)
   table = render(raw)
   print(table)
   if args.out:

@@ -415,9 +415,11 @@ def summarize_trace(trace_path: str, wall_seconds: float, steps: int) -> dict:
 
 
 def profile_train_step(results: Results, half: bool, batch: int, steps: int,
-                       results_dir: str | None) -> None:
-  """Traces 3 dispatches of the resnet18-WA train step and summarises the trace."""
-  run_train, _, _, _ = train_runners("resnet18", "wa", half, batch, steps)
+                       results_dir: str | None, arch: str = "resnet18",
+                       attention: str = "wa") -> dict:
+  """Traces 3 dispatches of the `arch`-`attention` train step and summarises the trace
+  into results.raw['profile'] (and returns the summary)."""
+  run_train, _, _, _ = train_runners(arch, attention, half, batch, steps)
   trace_dir = os.path.join(results_dir or "/tmp", "profile_trace")
   shutil.rmtree(trace_dir, ignore_errors=True)
   dispatches = 3
@@ -430,13 +432,15 @@ def profile_train_step(results: Results, half: bool, batch: int, steps: int,
     wall = time.perf_counter() - start
   traces = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
   summary = summarize_trace(traces[0], wall, dispatches * steps)
-  summary.update(batch=batch, steps=dispatches * steps, precision="bf16" if half else "fp32",
+  precision = "bf16" if half else "fp32"
+  summary.update(batch=batch, steps=dispatches * steps, precision=precision,
                  images_per_sec_while_tracing=dispatches * steps * batch / wall)
-  results.raw.setdefault("profile", {})[f"resnet18 wa {'bf16' if half else 'fp32'} b{batch}"] = summary
+  results.raw.setdefault("profile", {})[f"{arch} {attention} {precision} b{batch}"] = summary
   if results_dir and os.path.getsize(traces[0]) < 15 * 2**20:  # keep the trace if it is small
     shutil.copy(traces[0], os.path.join(
-        results_dir, f"trace-resnet18-wa-{'bf16' if half else 'fp32'}.json.gz"))
+        results_dir, f"trace-{arch}-{attention}-{precision}.json.gz"))
   shutil.rmtree(trace_dir, ignore_errors=True)
+  return summary
 
 
 # ---------------------------------------------------------------------------

@@ -21,11 +21,18 @@ def test_op_and_dwt_phases_write_their_rows(tmp_path):
   assert json.loads(out.read_text())["batch"] == 2
 
 
-@pytest.mark.slow  # compiles three networks twice each
-def test_train_phase_measures_each_model_with_both_implementations(tmp_path):
-  raw = depthwise.main(["--batch", "2", "--windows", "1", "--steps", "1", "--phases", "train"])
+@pytest.mark.slow  # compiles networks eleven times
+def test_train_levers_and_profile_phases(tmp_path):
+  docs = tmp_path / "benchmarks.md"
+  raw = depthwise.main(["--batch", "2", "--windows", "1", "--steps", "1", "--no-torch",
+                        "--phases", "train,levers,profile", "--docs", str(docs)])
   assert [r["model"] for r in raw["train"]] == [m[0] for m in depthwise.TRAIN_MODELS]
   assert all(r["shifted"] > 0 and r["grouped"] > 0 for r in raw["train"])
+  assert [r["model"] for r in raw["levers"]] == ["mobilenetv2 none", "resnet18 wa"]
+  assert all(r[name] > 0 for r in raw["levers"] for name in depthwise.LEVER_ABLATIONS)
+  assert raw["profile"]["lanes"]
+  text = docs.read_text()
+  assert "| mobilenetv2-WA |" in text and "| resnet18 wa |" in text and "traced:" in text
 
 
 def test_unknown_phase_is_a_usage_error():

@@ -18,7 +18,7 @@ import pytest
 import pywt
 
 from wacnn_jax import attention
-from wacnn_jax import layers
+from wacnn_jax import depthwise
 from wacnn_jax import models
 from wacnn_jax.attention import AttentionSpec
 from wacnn_jax.models import registry
@@ -367,7 +367,7 @@ def test_wa_mobilenet_block_uses_stride_one_depthwise_after_wa():
 
 
 def test_mobilenet_is_the_same_network_with_either_depthwise_implementation(monkeypatch):
-  """MobileNetV2 with `layers.depthwise_conv2d` as shifted multiply-adds or as lax's grouped
+  """MobileNetV2 with `depthwise.depthwise_conv2d` as shifted multiply-adds or as lax's grouped
   convolution: the same variables (so checkpoints and trained weights load either way), and
   the same logits, BatchNorm statistics and parameter gradients of a training step to float32
   rounding. Each array's max difference is at most 1e-3 x its largest value, floored at 1e-3
@@ -380,7 +380,7 @@ def test_mobilenet_is_the_same_network_with_either_depthwise_implementation(monk
   model = _model("mobilenetv2", None, "none")
   results = {}
   for implementation in ("grouped", "shifted"):
-    monkeypatch.setitem(layers.DEPTHWISE_IMPLEMENTATION, jax.default_backend(), implementation)
+    monkeypatch.setitem(depthwise.DEPTHWISE_IMPLEMENTATION, jax.default_backend(), implementation)
     shapes = jax.eval_shape(lambda: model.init({"params": KEY}, IMAGES, train=False))
     variables = _random_variables(shapes)
 

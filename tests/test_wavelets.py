@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import pywt
 
-from wacnn_jax import layers
+from wacnn_jax import depthwise
 from wacnn_jax import wavelets
 
 WAVELETS = ("haar", "db2", "sym4", "coif1", "bior2.2")
@@ -129,9 +129,9 @@ def test_idwt2_matches_pywt(wavelet):
 @pytest.mark.parametrize("implementation", ["shifted", "grouped"])
 def test_one_depthwise_conv_with_constant_filters(implementation, monkeypatch):
   """dwt2 of a long wavelet is one stride-2 depthwise convolution with constant filters,
-  computed as this backend's entry of layers.DEPTHWISE_IMPLEMENTATION says: lax's grouped
+  computed as this backend's entry of depthwise.DEPTHWISE_IMPLEMENTATION says: lax's grouped
   convolution, or shifted multiply-adds with no convolution at all. Both equal pywt."""
-  monkeypatch.setitem(layers.DEPTHWISE_IMPLEMENTATION, jax.default_backend(), implementation)
+  monkeypatch.setitem(depthwise.DEPTHWISE_IMPLEMENTATION, jax.default_backend(), implementation)
   x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
   jaxpr = jax.make_jaxpr(lambda v: wavelets.dwt2(v, "db2"))(x)
   assert len(jaxpr.jaxpr.invars) == 1  # the filters are constants, not inputs

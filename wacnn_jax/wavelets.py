@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import pywt
 
-from wacnn_jax import layers
+from wacnn_jax import depthwise
 
 MODES = ("periodization", "zero")
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -165,7 +165,7 @@ def dwt2_conv(x, wavelet: str = "haar", mode: str = "periodization"):
   """`dwt2` for any wavelet as one stride-2 depthwise conv (4 outputs per channel).
 
   The padded input (wrapped in periodization mode, zeros in zero mode)
-  correlated with the F x F band kernels by `layers.depthwise_conv2d`.
+  correlated with the F x F band kernels by `depthwise.depthwise_conv2d`.
   """
   _check_mode(mode)
   _check_nhwc(x, "dwt2")
@@ -178,7 +178,7 @@ def dwt2_conv(x, wavelet: str = "haar", mode: str = "periodization"):
                 mode="wrap" if mode == "periodization" else "constant")
   # HWIO (F, F, 1, 4C): channel c produces output channels 4c .. 4c + 3.
   rhs = np.tile(kernels[:, :, None, :], (1, 1, 1, c))
-  y = layers.depthwise_conv2d(x, rhs, strides=2)
+  y = depthwise.depthwise_conv2d(x, rhs, strides=2)
   y = y.reshape(n, h // 2, w // 2, c, 4)
   return tuple(y[..., band] for band in range(4))
 
