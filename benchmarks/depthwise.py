@@ -36,9 +36,7 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import sys
-import time
 from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -66,17 +64,6 @@ TRAIN_MODELS = (("mobilenetv2", "mobilenetv2", "none", "mobilenetv2", "haar"),
 def implementation(name: str):
   """A context in which this backend's depthwise convolutions trace as `name`."""
   return mock.patch.dict(depthwise.DEPTHWISE_IMPLEMENTATION, {jax.default_backend(): name})
-
-
-def interleaved(runners: dict, windows: int) -> dict:
-  """{name: median seconds of runners[name]()} with the runners' windows alternating."""
-  times = {name: [] for name in runners}
-  for _ in range(windows):
-    for name, run in runners.items():
-      start = time.perf_counter()
-      run()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _jax_runner(fn, *args, repeats: int):
@@ -130,7 +117,7 @@ def bench_ops(batch: int, windows: int, repeats: int, with_torch: bool) -> list[
       runners[name] = _jax_runner(jax.grad(loss, argnums=(0, 1)), x, kernel, repeats=repeats)
     if with_torch:
       runners["torch"] = _torch_depthwise_runner(batch, hw, c, strides, repeats)
-    seconds = interleaved(runners, windows)
+    seconds = throughput.interleaved_seconds(runners, windows)
     rows.append({"shape": f"{batch}x{hw}x{hw}x{c} s{strides}",
                  **{name: s / repeats for name, s in seconds.items()}})
     print("  op", rows[-1], flush=True)
@@ -150,9 +137,9 @@ def bench_dwt(batch: int, windows: int, repeats: int) -> list[dict]:
         backward[name] = _jax_runner(
             jax.grad(lambda v: sum(jnp.sum(b * b) for b in wavelets.dwt2(v, "db2"))), x,
             repeats=repeats)
-    seconds = interleaved({**{f"{n} forward": r for n, r in forward.items()},
-                           **{f"{n} forward+gradient": r for n, r in backward.items()}},
-                          windows)
+    seconds = throughput.interleaved_seconds(
+        {**{f"{n} forward": r for n, r in forward.items()},
+         **{f"{n} forward+gradient": r for n, r in backward.items()}}, windows)
     rows.append({"shape": f"{batch}x{hw}x{hw}x{c}", "floor": floor,
                  **{name: s / repeats for name, s in seconds.items()}})
     print("  dwt", rows[-1], flush=True)
@@ -166,7 +153,7 @@ def bench_train(batch: int, steps: int, windows: int, with_torch: bool) -> list[
     for name in IMPLEMENTATIONS:
       with implementation(name):
         run_train, _, _, _ = throughput.train_runners(arch, spec, False, batch, steps)
-      runners[name] = lambda run=run_train: jax.block_until_ready(run())
+      runners[name] = run_train
     if with_torch:
       from benchmarks import torch_peers  # pylint: disable=g-import-not-at-top
       seconds = torch_peers.training_runner(
@@ -174,7 +161,7 @@ def bench_train(batch: int, steps: int, windows: int, with_torch: bool) -> list[
           model=peer_model, wavelet=wavelet)
       seconds(max(1, steps // 2))
       runners["torch"] = lambda seconds=seconds: seconds(steps)
-    times = interleaved(runners, windows)
+    times = throughput.interleaved_seconds(runners, windows)
     rows.append({"model": label, **{name: steps * batch / s for name, s in times.items()}})
     print("  train", rows[-1], flush=True)
   return rows
@@ -196,9 +183,10 @@ def bench_levers(batch: int, steps: int, windows: int) -> list[dict]:
     for name, ablation in {"all levers": contextlib.nullcontext, **LEVER_ABLATIONS}.items():
       with ablation():
         run_train, _, _, _ = throughput.train_runners(arch, spec, False, batch, steps)
-      runners[name] = lambda run=run_train: jax.block_until_ready(run())
-    times = interleaved(runners, windows)
-    rows.append({"model": f"{arch} {spec}", **{name: steps * batch / s for name, s in times.items()}})
+      runners[name] = run_train
+    times = throughput.interleaved_seconds(runners, windows)
+    rows.append({"model": f"{arch} {spec}",
+                 **{name: steps * batch / s for name, s in times.items()}})
     print("  levers", rows[-1], flush=True)
   return rows
 
@@ -223,7 +211,8 @@ def render(raw: dict) -> str:
            f"in one process.", ""]
   if raw.get("op"):
     lines += ["| depthwise conv3x3, forward + both gradients | shifted | grouped (lax) | "
-              "PyTorch | shifted vs grouped | PyTorch time / shifted |", "|---|---|---|---|---|---|"]
+              "PyTorch | shifted vs grouped | PyTorch time / shifted |",
+              "|---|---|---|---|---|---|"]
     for r in raw["op"]:
       torch_time = r.get("torch")
       torch_cells = (_ms(torch_time), f"{torch_time / r['shifted']:.2f}x") if torch_time else (
@@ -234,7 +223,8 @@ def render(raw: dict) -> str:
     lines.append("")
   if raw.get("dwt"):
     lines += ["| dwt2 db2 | shifted forward | grouped forward | shifted fwd+grad | "
-              "grouped fwd+grad | forward / floor (shifted, grouped) |", "|---|---|---|---|---|---|"]
+              "grouped fwd+grad | forward / floor (shifted, grouped) |",
+              "|---|---|---|---|---|---|"]
     for r in raw["dwt"]:
       lines.append(
           f"| {r['shape']} | {_ms(r['shifted forward'])} | {_ms(r['grouped forward'])} | "

@@ -166,6 +166,17 @@ CODE_LEVERS = {
 }
 
 
+def interleaved_seconds(runners: dict, windows: int) -> dict:
+  """{name: median seconds of runners[name]()} with the runners' windows alternating."""
+  times = {name: [] for name in runners}
+  for _ in range(windows):
+    for name, run in runners.items():
+      start = time.perf_counter()
+      jax.block_until_ready(run())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
 def train_key(arch: str, attention: str, half: bool, batch: int, replicas: int = 1) -> str:
   seeds = f" x{replicas} seeds" if replicas > 1 else ""
   return f"{arch} {attention} {'bf16' if half else 'fp32'} b{batch}{seeds}"
@@ -241,12 +252,9 @@ def bench_code_lever(results: Results, key: str, batch, steps, windows) -> None:
   runners = {lever: train_runners("resnet18", "wa", False, batch, steps)[0]}
   with ablated():  # traced (in the warm-up call) with the ablation
     runners[ablation] = train_runners("resnet18", "wa", False, batch, steps)[0]
-  rates = {name: [] for name in runners}
-  for _ in range(windows):
-    for name, run in runners.items():
-      rates[name].append(median_rate(run, steps * batch, 1))
+  seconds = interleaved_seconds(runners, windows)
   results.raw[key] = {"batch": batch, **{
-      name: statistics.median(r) for name, r in rates.items()}}
+      name: steps * batch / s for name, s in seconds.items()}}
 
 
 def measured_bandwidth(quick: bool) -> float:

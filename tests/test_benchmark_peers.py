@@ -115,33 +115,41 @@ def _with_random_batch_norms(model):
   return model
 
 
-def _jax_variables(state_dict):
-  """A torch WAResNet18 state_dict as the variables of wacnn_jax's resnet18-WA."""
-  top = {"conv1": "stem_conv", "bn1": "stem_bn", "linear": "classifier"}
-  shortcut = {"shortcut.0": "shortcut_conv", "shortcut.1": "shortcut_bn"}
+def _state_dict_as_variables(state_dict, module_names):
+  """A torch state_dict as flax variables; `module_names(path)`: the flax module path (a list)
+  of the torch module `path` (e.g. 'layer2.0.bn1')."""
   variables = {"params": {}, "batch_stats": {}}
   for key, value in state_dict.items():
     path, leaf = key.rsplit(".", 1)
     if leaf == "num_batches_tracked":
       continue
-    if path.startswith("layer"):  # layer2.0.shortcut.1 -> stage2_block0/shortcut_bn
-      stage, block, layer = path[5:].split(".", 2)
-      parts = [f"stage{stage}_block{block}", shortcut.get(layer, layer)]
-    else:
-      parts = [top[path]]
     value = value.numpy()
     collection, leaf = {"weight": ("params", "kernel" if value.ndim > 1 else "scale"),
                         "bias": ("params", "bias"), "running_mean": ("batch_stats", "mean"),
                         "running_var": ("batch_stats", "var")}[leaf]
-    if value.ndim == 4:  # (Cout, Cin, kH, kW) -> (kH, kW, Cin, Cout)
+    if value.ndim == 4:  # (Cout, Cin / groups, kH, kW) -> (kH, kW, Cin / groups, Cout)
       value = value.transpose(2, 3, 1, 0)
     elif value.ndim == 2:  # nn.Linear's (out, in) -> (in, out)
       value = value.T
     tree = variables[collection]
-    for part in parts:
+    for part in module_names(path):
       tree = tree.setdefault(part, {})
     tree[leaf] = value
   return variables
+
+
+def _jax_variables(state_dict):
+  """A torch WAResNet18 state_dict as the variables of wacnn_jax's resnet18-WA."""
+  top = {"conv1": "stem_conv", "bn1": "stem_bn", "linear": "classifier"}
+  shortcut = {"shortcut.0": "shortcut_conv", "shortcut.1": "shortcut_bn"}
+
+  def module_names(path):
+    if path.startswith("layer"):  # layer2.0.shortcut.1 -> stage2_block0/shortcut_bn
+      stage, block, layer = path[5:].split(".", 2)
+      return [f"stage{stage}_block{block}", shortcut.get(layer, layer)]
+    return [top[path]]
+
+  return _state_dict_as_variables(state_dict, module_names)
 
 
 @pytest.mark.parametrize("tuned", [False, True])
@@ -247,29 +255,14 @@ def _jax_mobilenet_variables(tp, state_dict):
               "shortcut.0": "shortcut_conv", "shortcut.1": "shortcut_bn"}
   top = {"conv1": "stem_conv", "bn1": "stem_bn", "conv2": "head_conv", "bn2": "head_bn",
          "linear": "classifier"}
-  variables = {"params": {}, "batch_stats": {}}
-  for key, value in state_dict.items():
-    path, leaf = key.rsplit(".", 1)
-    if leaf == "num_batches_tracked":
-      continue
+
+  def module_names(path):
     if path.startswith("layers."):  # layers.4.bn2 -> stage3_block1/depthwise_bn
       _, index, layer = path.split(".", 2)
-      parts = [names[int(index)], in_block[layer]]
-    else:
-      parts = [top[path]]
-    value = value.numpy()
-    collection, leaf = {"weight": ("params", "kernel" if value.ndim > 1 else "scale"),
-                        "bias": ("params", "bias"), "running_mean": ("batch_stats", "mean"),
-                        "running_var": ("batch_stats", "var")}[leaf]
-    if value.ndim == 4:  # (Cout, Cin / groups, kH, kW) -> (kH, kW, Cin / groups, Cout)
-      value = value.transpose(2, 3, 1, 0)
-    elif value.ndim == 2:
-      value = value.T
-    tree = variables[collection]
-    for part in parts:
-      tree = tree.setdefault(part, {})
-    tree[leaf] = value
-  return variables
+      return [names[int(index)], in_block[layer]]
+    return [top[path]]
+
+  return _state_dict_as_variables(state_dict, module_names)
 
 
 @pytest.mark.parametrize("wa", [False, True])

@@ -163,8 +163,9 @@ class Conv(nn.Conv):
     if backend == "cpu":
       inputs = jax.lax.optimization_barrier(inputs)
     if backend in POINTWISE_AS_MATMUL and self._pointwise():
-      return self._matmul(inputs)
-    y = super().__call__(inputs)
+      y = self._matmul(inputs)
+    else:
+      y = super().__call__(inputs)
     return _cotangent_barrier(y) if backend == "cpu" else y
 
   def _pointwise(self) -> bool:
@@ -182,8 +183,7 @@ class Conv(nn.Conv):
     inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
     y = jax.lax.dot_general(inputs, kernel[0, 0], (((inputs.ndim - 1,), (0,)), ((), ())),
                             precision=self.precision)
-    y = y if bias is None else y + bias
-    return _cotangent_barrier(y) if jax.default_backend() == "cpu" else y
+    return y if bias is None else y + bias
 
 
 @jax.custom_vjp
@@ -208,7 +208,7 @@ def conv(features: int, kernel: int, *, strides: int = 1,
   U(+-1/sqrt(fan_in)), fan_in = Cin * k * k (depthwise convolutions:
   `DepthwiseConv`). No bias by default (the
   backbones' convolutions have none, except VGG's, which the reference sets
-  to 0): biases start at 0. (`Conv` is nn.Conv with a CPU-only barrier.)
+  to 0): biases start at 0. (`Conv` is nn.Conv with CPU-only levers.)
   """
   pad = kernel // 2
   return Conv(features, (kernel, kernel), strides=(strides, strides),
