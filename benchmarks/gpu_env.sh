@@ -1,10 +1,10 @@
 # Sourced (`. benchmarks/gpu_env.sh`) on a CUDA machine whose Python already has
 # JAX (CUDA build), flax, optax, orbax-checkpoint and PyTorch: installs what the
-# training path needs beyond those (PyWavelets, ml_collections, tensorboardX)
+# training path needs beyond those (PyWavelets, ml_collections)
 # from the wheels in .whl/ when they are missing (no network needed; make the
 # folder with `bash benchmarks/gpu_suite.sh --fetch-wheels`), and sets the
 # environment the suite and `python3 -m wacnn_jax reproduce` run in.
-if ! python3 -c "import pywt, ml_collections, tensorboardX" 2>/dev/null \
+if ! python3 -c "import pywt, ml_collections" 2>/dev/null \
     && compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/wacnn_site .whl/*.whl || return 1

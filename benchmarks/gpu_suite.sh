@@ -22,7 +22,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-WHEELS=(PyWavelets==1.9.0 ml_collections==1.1.0 tensorboardX==2.6.5)
+WHEELS=(PyWavelets==1.9.0 ml_collections==1.1.0)
 if [[ "${1:-}" == "--fetch-wheels" ]]; then  # on a machine with network, for Python 3.12 x86_64
   mkdir -p .whl
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -45,7 +45,7 @@ nvidia-smi -L 2>/dev/null || true
 python3 - <<'PY'
 import importlib, jax
 for name in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "pywt", "ml_collections",
-             "tensorboardX", "torch", "numpy", "PIL"):
+             "torch", "numpy", "PIL"):
   try:
     print(f"{name:18s}", importlib.import_module(name).__version__)
   except Exception as e:  # noqa

@@ -19,6 +19,11 @@ other error of `train` and `evaluate` (with its traceback in error.log,
 stops its runs itself) with one line and exit status 130 / 143. A `--config
 configs/...` that is not in the current folder is taken from the installed
 `configs` package.
+
+The modules of the post-training tools (evaluate, report, visualize,
+reproduce, export: plotting and statistics libraries) are imported by the command
+that runs them, so that every training process, `reproduce`'s runs among
+them, starts without them.
 """
 
 from __future__ import annotations
@@ -41,17 +46,12 @@ from wacnn_jax import attention
 from wacnn_jax import checkpointing
 from wacnn_jax import compilation_cache
 from wacnn_jax import epochs
-from wacnn_jax import evaluate
 from wacnn_jax import failures
 from wacnn_jax import input_pipeline
 from wacnn_jax import pretrained
-from wacnn_jax import report
-from wacnn_jax import reproduce
 from wacnn_jax import restore
 from wacnn_jax import train
-from wacnn_jax import visualize
 from wacnn_jax import workdirs
-from wacnn_jax.pretrained import export
 
 # Errors that describe a problem with the user's input or machine (a full disk):
 # shown as their message.
@@ -281,6 +281,7 @@ def _run_train(fv: flags.FlagValues, args: list[str]) -> int:
 
 
 def _define_evaluate(fv: flags.FlagValues, argv: list[str]) -> None:
+  from wacnn_jax import evaluate  # pylint: disable=import-outside-toplevel
   flags.DEFINE_string("workdir", None, "Workdir of a training run.", flag_values=fv)
   flags.DEFINE_string("pretrained", None, "Instead of --workdir: trained weights, a shipped "
                       "model's name or the path of exported ones (wacnn_jax.pretrained.load); "
@@ -310,6 +311,7 @@ def _one_model(fv: flags.FlagValues, workdir_flag: str, weights_flag: str,
 
 
 def _run_evaluate(fv: flags.FlagValues, args: list[str]) -> int:
+  from wacnn_jax import evaluate  # pylint: disable=import-outside-toplevel
   del args
   _one_model(fv, "workdir", "pretrained")
   try:
@@ -344,6 +346,7 @@ def _define_report(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _run_report(fv: flags.FlagValues, args: list[str]) -> int:
+  from wacnn_jax import report  # pylint: disable=import-outside-toplevel
   if not args:
     _exit_with_usage_error("report: name one or more training workdirs.")
   return _print_error(lambda: report.print_report(args, fv.out))
@@ -373,6 +376,7 @@ def _define_visualize(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _run_visualize(fv: flags.FlagValues, args: list[str]) -> int:
+  from wacnn_jax import visualize  # pylint: disable=import-outside-toplevel
   del args
   _one_model(fv, "workdir", "pretrained")
   _one_model(fv, "baseline", "baseline_pretrained", required=False)
@@ -389,6 +393,7 @@ def _run_visualize(fv: flags.FlagValues, args: list[str]) -> int:
 
 
 def _define_reproduce(fv: flags.FlagValues, argv: list[str]) -> None:
+  from wacnn_jax import reproduce  # pylint: disable=import-outside-toplevel
   del argv
   flags.DEFINE_string("data", None, "An image folder or .tar.gz of one, or 'tfds' to use "
                       "tensorflow-datasets.", flag_values=fv, required=True)
@@ -425,6 +430,7 @@ def _define_reproduce(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _run_reproduce(fv: flags.FlagValues, args: list[str]) -> int:
+  from wacnn_jax import reproduce  # pylint: disable=import-outside-toplevel
   del args
   if fv.data != "tfds" and not os.path.exists(fv.data):
     _exit_with_usage_error(f"--data {fv.data!r} does not exist; give an image folder, an "
@@ -448,6 +454,7 @@ def _run_reproduce(fv: flags.FlagValues, args: list[str]) -> int:
 
 
 def _define_export(fv: flags.FlagValues, argv: list[str]) -> None:
+  from wacnn_jax.pretrained import export  # pylint: disable=import-outside-toplevel
   del argv
   flags.DEFINE_string("workdir", None, "Workdir of a training run.", flag_values=fv,
                       required=True)
@@ -465,6 +472,7 @@ def _define_export(fv: flags.FlagValues, argv: list[str]) -> None:
 
 
 def _run_export(fv: flags.FlagValues, args: list[str]) -> int:
+  from wacnn_jax.pretrained import export  # pylint: disable=import-outside-toplevel
   del args
   if fv.step is not None and fv["which"].present:
     _exit_with_usage_error("give --which or --step, not both.")
@@ -553,6 +561,7 @@ def _flag_lines(fv: flags.FlagValues) -> list[tuple[str, str]]:
   for name in fv:
     flag = fv[name]
     if isinstance(flag.default, ml_collections.ConfigDict):  # --eval: one row per option
+      from wacnn_jax import evaluate  # pylint: disable=import-outside-toplevel
       descriptions = evaluate.OPTIONS if name == "eval" else {}
       keys = [k for k in descriptions if k in flag.default] + [
           k for k in flag.default if k not in descriptions]

@@ -31,7 +31,7 @@ SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 # Python files whose error records are library reports (`LibraryReports`).
 LIBRARY_PATHS = tuple(f"{os.sep}{name}{os.sep}" for name in
-                      ("orbax", "tensorstore", "asyncio", "tensorboardX", "etils"))
+                      ("orbax", "tensorstore", "asyncio", "etils"))
 
 # Errors of a full or read-only file system, where the fix is the same.
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)

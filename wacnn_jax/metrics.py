@@ -13,10 +13,10 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tensorboardX import SummaryWriter
 
 from wacnn_jax import record_files
 from wacnn_jax import status
+from wacnn_jax import tensorboard_events
 from wacnn_jax import workdirs
 
 
@@ -70,8 +70,9 @@ class MetricsLog:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tensorboard = []
     if enabled:
-      self._tensorboard = [SummaryWriter(os.path.join(workdir, "tensorboard", f"replica{k}"))
-                           for k in range(num_replicas)]
+      self._tensorboard = [
+          tensorboard_events.ScalarWriter(os.path.join(workdir, "tensorboard", f"replica{k}"))
+          for k in range(num_replicas)]
 
   def truncate_after(self, epoch: int, epoch_records: list[dict] | None = None) -> None:
     """Keeps the records of epochs up to `epoch` (later ones are from a run that stopped
