@@ -23,6 +23,13 @@ An invocation of N > 1 runs at once counts only when its run shared the
 machine for most of its wall time (`alone_seconds` under half of it); cells of
 one architecture (baseline and WA) are pooled. Invocations written before
 these fields existed are left out.
+
+A second table gives each run's start-up, per architecture and device: the
+first epoch record of an invocation holds `startup_seconds` (the training
+process's start to its first epoch: imports, data, model, restore) and
+`compile_seconds` (the train step's compilation, or loading it from the
+compilation cache), so the runs of the grid measure the start-up of the runs
+that follow them (warm dataset and compilation caches) for free.
 """
 
 from __future__ import annotations
@@ -51,8 +58,10 @@ def invocation_rates(table_dir: str) -> list[dict]:
       if not re.fullmatch(r"seed\d+|seeds\d+-\d+", run) or not replicas:
         continue
       epochs = {}  # epoch: training images/s, summed over replicas
+      first = {}  # epoch: replica 0's record (its start-up and compile times)
       for record in (r for replica in replicas for r in replica.records):
         epochs[record["epoch"]] = epochs.get(record["epoch"], 0.0) + record["images_per_sec"]
+        first.setdefault(record["epoch"], record)
       for invocation in replicas[0].invocations:
         if "epochs_before" not in invocation:
           continue
@@ -62,10 +71,13 @@ def invocation_rates(table_dir: str) -> list[dict]:
         rates = [rate for epoch, rate in epochs.items()
                  if invocation["epochs_before"] < epoch <= invocation["epochs_after"]]
         if rates:
+          opening = first.get(invocation["epochs_before"] + 1, {})
           rows.append({"arch": replicas[0].config["model"]["arch"],
                        "device": invocation["device"], "concurrent": concurrent,
                        "xla_flags": invocation["xla_flags"], "epochs": len(rates),
-                       "rate": statistics.median(rates)})
+                       "rate": statistics.median(rates),
+                       "startup_seconds": opening.get("startup_seconds"),
+                       "compile_seconds": opening.get("compile_seconds")})
   return rows
 
 
@@ -90,6 +102,28 @@ def rates_table(rows: Sequence[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def startup_table(rows: Sequence[dict]) -> str:
+  """Start-up per architecture and device (invocations that recorded it): the medians and
+  ranges of `startup_seconds` and of the first epoch's `compile_seconds`."""
+  groups = {}
+  for row in rows:
+    if row.get("startup_seconds") is not None:
+      groups.setdefault((row["arch"], row["device"]), []).append(row)
+  lines = ["| arch | device | invocations | process start to first epoch, s | "
+           "first epoch's compile, s | sum of the medians, s |", "|---|---|---|---|---|---|"]
+
+  def spread(values):
+    return (f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})",
+            statistics.median(values))
+
+  for (arch, device), group in sorted(groups.items()):
+    startup, startup_median = spread([r["startup_seconds"] for r in group])
+    compile_, compile_median = spread([r["compile_seconds"] for r in group])
+    lines.append(f"| {arch} | {device} | {len(group)} | {startup} | {compile_} | "
+                 f"{startup_median + compile_median:.1f} |")
+  return "\n".join(lines) + "\n" if groups else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("tables", nargs="+", help="RESULTS/<table> folders, e.g. results/cifar10")
@@ -99,7 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stderr.write(f"error: {missing[0]} is not a folder; give RESULTS/<table> folders of "
                      "`python -m wacnn_jax reproduce`, e.g. results/cifar10.\n")
     return 2
-  print(rates_table([row for table in args.tables for row in invocation_rates(table)]), end="")
+  rows = [row for table in args.tables for row in invocation_rates(table)]
+  print(rates_table(rows), end="")
+  startup = startup_table(rows)
+  if startup:
+    print("\n" + startup, end="")
   return 0
 
 

@@ -83,6 +83,14 @@ def test_grid_in_pieces_then_complete_then_skipped(grid_in_pieces, tiny_folder, 
   run, = reproduce.read_run(os.path.join(results, "cifar10", "resnet18-wa", "seed1"))
   assert run.seed == 1 and run.complete and run.flops > 0
   assert run.params == 272_474 - 7 * (64 + 1)  # resnet18-WA with 3 classes instead of 10
+  # Every run's start-up, from the first record of its invocation.
+  startup = reproduce_rates.startup_table(
+      reproduce_rates.invocation_rates(os.path.join(results, "cifar10"))).splitlines()
+  assert len(startup) == 3 and startup[2].startswith("| resnet18 | "), startup
+  invocations, started, compiled, total = [c.strip() for c in startup[2].split("|")[3:7]]
+  assert invocations == "4" and 0 < float(started.split()[0]) < float(total)
+  assert float(total) == pytest.approx(float(started.split()[0]) + float(compiled.split()[0]),
+                                       abs=0.11)
   # 3. Nothing left to do: no run starts.
   third = _cli(subprocess_env, *common, "--budget", "0")
   assert third.returncode == 0
@@ -272,7 +280,8 @@ def _trained(results, cell):
   """metrics.jsonl's records of seed 0 without the timings."""
   with open(os.path.join(results, "cifar10", cell, "seed0", "metrics.jsonl")) as f:
     return [{k: v for k, v in json.loads(line).items()
-             if k not in ("images_per_sec", "compile_seconds", "epoch_seconds")} for line in f]
+             if k not in ("images_per_sec", "compile_seconds", "startup_seconds", "epoch_seconds")}
+            for line in f]
 
 
 def _lock_holder(workdir):

@@ -69,7 +69,7 @@ def metrics(workdir):
   return [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
-TIMINGS = ("images_per_sec", "compile_seconds", "epoch_seconds")
+TIMINGS = ("images_per_sec", "compile_seconds", "startup_seconds", "epoch_seconds")
 
 
 def test_each_replica_equals_the_single_run_of_its_seed(runs):

@@ -1,9 +1,13 @@
 """What a run says while it works (wacnn_jax/status.py): progress lines, the ETA, the summary."""
 
 import logging
+import subprocess
+import sys
+import time
 
 import pytest
 
+from tests.helpers import REPO_ROOT
 from wacnn_jax import status
 
 
@@ -40,3 +44,33 @@ def test_run_clock_extrapolates_the_steady_epochs():
   clock.add_epoch(30.0, compile_seconds=20.0)  # 10 s without compilation
   clock.add_epoch(12.0)
   assert clock.eta_seconds() == pytest.approx(8 * 11.0)
+
+
+# A fresh interpreter that sleeps, then reports its age (status.process_seconds) and how long
+# the sleep took by its own clock.
+AGE_PROGRAM = """
+import time
+start = time.monotonic()
+time.sleep(0.5)
+from wacnn_jax import status
+print(status.process_seconds(), time.monotonic() - start)
+"""
+
+
+def test_process_seconds_counts_from_the_process_start_imports_included():
+  parent_start = time.monotonic()
+  out = subprocess.run([sys.executable, "-c", AGE_PROGRAM], capture_output=True, text=True,
+                       check=True, cwd=REPO_ROOT).stdout
+  parent_seconds = time.monotonic() - parent_start
+  age, slept = map(float, out.split())
+  # At least what the child measured itself (a 10 ms tick of rounding allowed), at most
+  # the parent's time around the whole child.
+  assert slept - 0.02 <= age <= parent_seconds + 0.02
+  if sys.platform.startswith("linux"):  # the kernel's record includes the interpreter's start
+    assert age > slept
+
+
+def test_run_clock_records_the_process_age():
+  before = status.process_seconds()
+  clock = status.RunClock(first_epoch=0, num_epochs=1)
+  assert before <= clock.startup_seconds <= status.process_seconds()

@@ -15,6 +15,7 @@ from tests.helpers import smoke_run_config as smoke_config
 from wacnn_jax import checkpointing
 from wacnn_jax import input_pipeline
 from wacnn_jax import parallel
+from wacnn_jax import status
 from wacnn_jax import steps
 from wacnn_jax import optim
 from wacnn_jax import train
@@ -133,6 +134,9 @@ def test_smoke_run_writes_its_outputs(smoke_wa_run):
   assert all(r["test_examples"] == config.data.max_test_examples for r in records)
   assert records[1]["best_test_accuracy"] == max(r["test_accuracy"] for r in records)
   assert [(r["replica"], r["seed"]) for r in records] == [(0, 0), (0, 0)]
+  # The process's age at its first epoch, once; this test's process started before the run.
+  assert 0 < records[0]["startup_seconds"] < status.process_seconds()
+  assert records[1]["startup_seconds"] == 0 and records[1]["compile_seconds"] == 0
   # num_seeds=1: the state has a replica axis of 1.
   assert state.step.tolist() == [2 * (config.data.max_train_examples // config.batch_size)]
   summary = open(os.path.join(workdir, "model_summary.txt")).read()

@@ -4,6 +4,7 @@
     with StepProgress(steps, "epoch 3/160", enabled=True) as bar:
       bar.update(n)                         # a tqdm bar on a terminal, else a log line a minute
     clock = RunClock(first_epoch=0, num_epochs=160)
+    clock.startup_seconds                   # process start -> here (process_seconds)
     clock.add_epoch(seconds, compile_seconds); clock.eta_seconds()
     log_summary(...)                        # "finished epoch 160/160 (...): best test top-1 ..."
 
@@ -14,6 +15,7 @@ kept to a terminal. Times are formatted by `duration`.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -24,6 +26,8 @@ from wacnn_jax import input_pipeline
 
 # Seconds between progress lines within an epoch when the output is not a terminal.
 LOG_INTERVAL_SECONDS = 60.0
+# When this module was imported: where the process's start time cannot be read.
+_IMPORTED_AT = time.monotonic()
 
 
 def duration(seconds: float) -> str:
@@ -95,15 +99,41 @@ class StepProgress:
     self.close()
 
 
+def process_seconds() -> float:
+  """Seconds since this process started: the interpreter's start, imports included.
+
+  On Linux from the kernel's record of the process (/proc/self/stat's start
+  time against /proc/uptime, both since boot, 10 ms ticks); elsewhere, or if
+  those cannot be read, since wacnn_jax was imported (less than the truth by
+  the interpreter's start and the imports before it).
+  """
+  try:
+    with open("/proc/self/stat") as f:
+      stat = f.read()
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    # Fields after the command name (which may hold spaces): state is field 3, starttime 22.
+    start_ticks = int(stat[stat.rindex(")") + 2:].split()[19])
+    seconds = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    if seconds >= 0:
+      return seconds
+  except (OSError, ValueError, IndexError):
+    pass
+  return time.monotonic() - _IMPORTED_AT
+
+
 class RunClock:
   """The run's expected time left: the epochs still to train at the mean time of those trained
   in this process (without their compile time).
 
   `first_epoch`: the epochs done before this process started (a resume).
+  `startup_seconds`: the process's age when the clock was made, before the
+  first epoch (imports, data, model, restore; `process_seconds`).
   """
 
   def __init__(self, first_epoch: int, num_epochs: int):
     self.first_epoch, self.num_epochs = first_epoch, num_epochs
+    self.startup_seconds = process_seconds()
     self.start = time.perf_counter()
     self.epochs = 0
     self.steady_seconds = 0.0

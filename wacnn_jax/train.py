@@ -298,8 +298,14 @@ def write_run_info(config, workdir: str, runner: epochs.EpochRunner, state) -> N
 
 
 def epoch_records(epoch: int, runner: epochs.EpochRunner, train: epochs.EpochTrain, tests: list[dict],
-                  progress: Progress, epoch_seconds: float) -> list[dict]:
-  """metrics.jsonl's records of (0-based) `epoch`, one per replica (see `metrics.MetricsLog`)."""
+                  progress: Progress, epoch_seconds: float,
+                  startup_seconds: float = 0.0) -> list[dict]:
+  """metrics.jsonl's records of (0-based) `epoch`, one per replica (see `metrics.MetricsLog`).
+
+  `compile_seconds` and `startup_seconds` (the process's start to its first
+  epoch: imports, data, model, restore) are those of the first epoch a process
+  trains, 0 for the others.
+  """
   return [{
       "epoch": epoch + 1,
       "replica": k,
@@ -315,6 +321,7 @@ def epoch_records(epoch: int, runner: epochs.EpochRunner, train: epochs.EpochTra
       "test_examples": test["count"],
       "images_per_sec": float(train.images[k]) / max(train.seconds, 1e-9),
       "compile_seconds": train.compile_seconds,
+      "startup_seconds": startup_seconds,
       "epoch_seconds": epoch_seconds,
   } for k, (seed, test) in enumerate(zip(runner.seeds, tests))]
 
@@ -384,7 +391,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       test_accuracy = np.array([test["accuracy"] for test in tests])
       is_best = progress.add_test_accuracy(test_accuracy)
       records = epoch_records(epoch, runner, train, tests, progress,
-                              time.perf_counter() - epoch_start)
+                              time.perf_counter() - epoch_start,
+                              clock.startup_seconds if not clock.epochs else 0.0)
       metrics_log.write_steps(epoch * runner.steps_per_epoch, train.losses,
                               train.learning_rates, config.log_every_steps)
       metrics_log.write_epoch(records)
