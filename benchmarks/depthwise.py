@@ -16,7 +16,8 @@ PyTorch on the same device, and prints a markdown table:
    augmentation, forward, backward, SGD) of mobilenetv2, mobilenetv2-WA and
    resnet18-WA with db2, with each implementation, and the faithful PyTorch
    peer of each (benchmarks/torch_peers.py: the reference's eager NCHW fp32
-   code with its DataLoader; its WA through the reference's matrix DWT);
+   code with its DataLoader; its WA through the reference's matrix DWT), on
+   CUDA also a torch.compile'd channels_last fp32 peer of mobilenetv2;
 4. levers: the train step of mobilenetv2 and resnet18-WA with every CPU lever
    of `layers.Conv` and with each one taken out (the output-gradient barrier,
    1x1 convolutions as matrix products), windows interleaved;
@@ -27,7 +28,10 @@ PyTorch on the same device, and prints a markdown table:
     python benchmarks/depthwise.py --batch 32 --docs docs/benchmarks.md --section depthwise-cpu
 
 Each row is the median over `--windows` windows; a ratio compares medians of
-the same run. `--phases` picks op, dwt, train; `--out FILE` keeps the raw JSON.
+the same run. `--phases` picks op, dwt, train, levers (CPU only), profile;
+`--out FILE` keeps the raw JSON and `--docs` the table, both rewritten after
+every phase (a time limit keeps the phases done). On CUDA the mobilenetv2 row
+adds a torch.compile'd channels_last fp32 PyTorch peer (torch_peers "tuned-fp32").
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
 
 from benchmarks import throughput  # pylint: disable=g-import-not-at-top
 from wacnn_jax import depthwise  # pylint: disable=g-import-not-at-top
@@ -161,6 +164,12 @@ def bench_train(batch: int, steps: int, windows: int, with_torch: bool) -> list[
           model=peer_model, wavelet=wavelet)
       seconds(max(1, steps // 2))
       runners["torch"] = lambda seconds=seconds: seconds(steps)
+      if arch == "mobilenetv2" and _torch_device() == "cuda":  # torch.compile'd, fp32
+        compiled = torch_peers.training_runner(
+            "tuned-fp32", batch, "cuda", dataset_size=max(batch * steps, 2 * batch),
+            model=peer_model, wavelet=wavelet)
+        compiled(max(2, steps // 2))  # compiles
+        runners["torch compiled"] = lambda compiled=compiled: compiled(steps)
     times = throughput.interleaved_seconds(runners, windows)
     rows.append({"model": label, **{name: steps * batch / s for name, s in times.items()}})
     print("  train", rows[-1], flush=True)
@@ -232,14 +241,21 @@ def render(raw: dict) -> str:
           f"{r['shifted forward'] / r['floor']:.1f}x, {r['grouped forward'] / r['floor']:.1f}x |")
     lines.append("")
   if raw.get("train"):
+    compiled = any("torch compiled" in r for r in raw["train"])
     lines += [f"| train step, batch {raw['batch']} | shifted | grouped (lax) | faithful PyTorch | "
-              "shifted vs grouped | shifted vs PyTorch |", "|---|---|---|---|---|---|"]
+              "shifted vs grouped | shifted vs PyTorch |"
+              + (" compiled PyTorch (channels_last, fp32) | shifted vs compiled |"
+                 if compiled else ""), "|---|---|---|---|---|---|" + "---|---|" * compiled]
+
+    def peer_cells(r, key):
+      rate = r.get(key)
+      return (f"{rate:,.1f} img/s", f"{r['shifted'] / rate:.2f}x") if rate else ("-", "-")
+
     for r in raw["train"]:
-      torch_rate = r.get("torch")
-      torch_cells = (f"{torch_rate:,.1f} img/s", f"{r['shifted'] / torch_rate:.2f}x") if (
-          torch_rate) else ("-", "-")
+      cells = peer_cells(r, "torch") + (peer_cells(r, "torch compiled") if compiled else ())
       lines.append(f"| {r['model']} | {r['shifted']:,.1f} img/s | {r['grouped']:,.1f} img/s | "
-                   f"{torch_cells[0]} | {r['shifted'] / r['grouped']:.2f}x | {torch_cells[1]} |")
+                   f"{cells[0]} | {r['shifted'] / r['grouped']:.2f}x | {cells[1]} |"
+                   + "".join(f" {c} |" for c in cells[2:]))
     lines.append("")
   if raw.get("levers"):
     names = list(LEVER_ABLATIONS)
@@ -287,25 +303,29 @@ def main(argv=None) -> dict:
     except ImportError:
       print("PyTorch is not installed: its columns stay empty.", flush=True)
       with_torch = False
+  if "levers" in phases and jax.default_backend() != "cpu":
+    print("levers: left out, layers.Conv's levers apply on the CPU only.", flush=True)
+    phases.discard("levers")
   raw = {"info": throughput.machine_info(), "batch": args.batch, "windows": args.windows}
-  if "op" in phases:
-    raw["op"] = bench_ops(args.batch, args.windows, args.repeats, with_torch)
-  if "dwt" in phases:
-    raw["dwt"] = bench_dwt(args.batch, args.windows, args.repeats)
-  if "train" in phases:
-    raw["train"] = bench_train(args.batch, args.steps, args.windows, with_torch)
-  if "levers" in phases:
-    raw["levers"] = bench_levers(args.batch, args.steps, args.windows)
-  if "profile" in phases:
-    raw["profile"] = bench_profile(args.batch, args.steps,
-                                   os.path.dirname(os.path.abspath(args.out)) if args.out else None)
-  table = render(raw)
-  print(table)
-  if args.out:
-    with open(args.out, "w") as f:
-      json.dump(raw, f, indent=1)
-  if args.docs:
-    throughput.write_docs(args.docs, table, args.section)
+  profile_dir = os.path.dirname(os.path.abspath(args.out)) if args.out else None
+  runs = {
+      "op": lambda: bench_ops(args.batch, args.windows, args.repeats, with_torch),
+      "dwt": lambda: bench_dwt(args.batch, args.windows, args.repeats),
+      "train": lambda: bench_train(args.batch, args.steps, args.windows, with_torch),
+      "levers": lambda: bench_levers(args.batch, args.steps, args.windows),
+      "profile": lambda: bench_profile(args.batch, args.steps, profile_dir),
+  }
+  for phase, run in runs.items():
+    if phase in phases:
+      raw[phase] = run()
+      # After every phase, so that a time limit keeps the phases done.
+      table = render(raw)
+      if args.out:
+        with open(args.out, "w") as f:
+          json.dump(raw, f, indent=1)
+      if args.docs:
+        throughput.write_docs(args.docs, table, args.section)
+  print(render(raw))
   return raw
 
 

@@ -15,7 +15,7 @@
 # training path reads it without TensorFlow or tfds preparation.
 #
 # The full run gets FULL_RUN_SECONDS (default 150) of the budget, the depthwise
-# benchmark DEPTHWISE_SECONDS (default 100).
+# benchmark DEPTHWISE_SECONDS (default 150).
 # OUT_DIR receives the raw results JSON, the table (table.md), the full run's
 # log, the trace of the train step and suite.log. A second call continues the
 # full run from its checkpoint (workdirs/benchmark_full_run).
@@ -61,11 +61,12 @@ else
 fi
 # Depthwise convolutions (shifted multiply-adds against lax's grouped
 # convolution and PyTorch; docs/benchmarks.md "Depthwise convolutions"), within
-# DEPTHWISE_SECONDS (default 100; 0 skips it).
-if (( ${DEPTHWISE_SECONDS:-100} > 0 )); then
-  timeout "${DEPTHWISE_SECONDS:-100}" python3 benchmarks/depthwise.py --batch 128 --steps 20 \
+# DEPTHWISE_SECONDS (default 150; 0 skips it; its
+# tables are written after each phase, so a stop keeps the phases done).
+if (( ${DEPTHWISE_SECONDS:-150} > 0 )); then
+  timeout "${DEPTHWISE_SECONDS:-150}" python3 benchmarks/depthwise.py --batch 128 --steps 20 \
     --out "$OUT/depthwise.json" --docs "$OUT/depthwise.md" \
-    || echo "note: benchmarks/depthwise.py stopped (exit $?) within ${DEPTHWISE_SECONDS:-100} s"
+    || echo "note: benchmarks/depthwise.py stopped (exit $?) within ${DEPTHWISE_SECONDS:-150} s"
 fi
 LEFT=$(( BUDGET - ($(date +%s) - START) ))
 python3 benchmarks/throughput.py --budget "$LEFT" --profile "${FULL[@]}" \

@@ -17,6 +17,7 @@ augmentation (zero-pad 4, random 32x32 crop, random flip, normalise):
 * tuned: the DWT as one fixed depthwise stride-2 convolution; the uint8 set
   on the device, augmented there in batches; channels_last; on CUDA also bf16
   autocast, torch.compile and fused SGD (a CPU runs it eager fp32, quickly).
+* tuned-fp32: tuned without the bf16 autocast, beside an fp32 wacnn_jax step.
 """
 
 from __future__ import annotations
@@ -250,11 +251,13 @@ class TrainStep:
   each step, as in the reference) or the detached loss on the device (tuned).
   """
 
-  def __init__(self, model, device, images, labels, *, tuned: bool, seed: int = 0):
+  def __init__(self, model, device, images, labels, *, tuned: bool, seed: int = 0,
+               bf16: bool = True):
     self.device, self.tuned = torch.device(device), tuned
     if self.device.type == "cuda":
       torch.backends.cudnn.benchmark = True  # the reference sets it too
-    self.tuned_on_cuda = tuned and self.device.type == "cuda"  # bf16, compile, fused SGD
+    self.tuned_on_cuda = tuned and self.device.type == "cuda"  # compile, fused SGD
+    self.autocast = self.tuned_on_cuda and bf16  # bf16 autocast of the forward pass
     self.images, self.labels = np.asarray(images, np.uint8), np.asarray(labels, np.int64)
     self.generator = torch.Generator(self.device if tuned else "cpu").manual_seed(seed)
     if tuned:  # the training set on the device, the model channels_last
@@ -289,7 +292,7 @@ class TrainStep:
 
   def train_on_batch(self, inputs, targets):
     inputs, targets = inputs.to(self.device), targets.to(self.device)
-    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tuned_on_cuda):
+    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
       loss = F.cross_entropy(self.forward(inputs), targets)
     self.optimizer.zero_grad()
     loss.backward()
@@ -297,16 +300,23 @@ class TrainStep:
     return loss.detach() if self.tuned else loss.item()
 
 
+# Peer name -> (tuned, bf16 autocast on CUDA). "tuned-fp32": tuned without autocast,
+# the like-for-like peer of an fp32 wacnn_jax step.
+PEERS = {"faithful": (False, False), "tuned": (True, True), "tuned-fp32": (True, False)}
+
+
 def training_runner(peer: str, batch_size: int, device: str = "cuda",
                     dataset_size: int = 50_000, seed: int = 0, model: str = "resnet18-wa",
                     wavelet: str = "haar"):
-  """`seconds(count)`: the time of `count` train steps of `peer` ('faithful' or 'tuned').
+  """`seconds(count)`: the time of `count` train steps of `peer` (`PEERS`).
 
   `model`: a name of MODELS (WA with `wavelet`). `dataset_size` random images
   and labels in shuffled epochs of drop_last batches, augmentation included;
   the clock stops after a CUDA sync.
   """
-  tuned = {"faithful": False, "tuned": True}[peer]
+  if peer not in PEERS:
+    raise ValueError(f"unknown peer {peer!r}; one of {', '.join(PEERS)}")
+  tuned, bf16 = PEERS[peer]
   if dataset_size < batch_size:
     raise ValueError(f"dataset_size {dataset_size} < batch_size {batch_size}")
   if model not in MODELS:
@@ -316,7 +326,7 @@ def training_runner(peer: str, batch_size: int, device: str = "cuda",
   images = rng.integers(0, 256, (dataset_size, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, (dataset_size,))
   step = TrainStep(MODELS[model](tuned, wavelet), device, images, labels, tuned=tuned,
-                   seed=seed)
+                   seed=seed, bf16=bf16)
   if tuned:  # permutations drawn on the device
     generator = torch.Generator(step.device).manual_seed(seed + 1)
 

@@ -233,7 +233,7 @@ def test_augmentations_are_pad_crop_flip(tp, tuned):
     assert any(np.array_equal(got, c) for c in _candidate_crops(images[k]))
 
 
-@pytest.mark.parametrize("peer", ["faithful", "tuned"])
+@pytest.mark.parametrize("peer", ["faithful", "tuned", "tuned-fp32"])
 def test_time_training_returns_a_rate(tp, peer):
   # 3 steps per timing on 2 batches per epoch: the epochs wrap around.
   assert tp.time_training(peer, 4, device="cpu", steps=3, warmup=1, repeats=2,
@@ -241,7 +241,7 @@ def test_time_training_returns_a_rate(tp, peer):
 
 
 def test_time_training_refuses_an_unknown_peer(tp):
-  with pytest.raises(KeyError):
+  with pytest.raises(ValueError, match="unknown peer 'other'; one of faithful, tuned, tuned-fp32"):
     tp.time_training("other", 4, device="cpu")
 
 
