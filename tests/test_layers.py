@@ -137,6 +137,41 @@ def test_conv_input_barrier_survives_cpu_compilation_and_changes_no_gradient():
                kept(variables["params"]), default(variables["params"]))
 
 
+def test_cpu_convolutions_are_not_given_to_ynnpack_and_compute_the_same():
+  """With `steps.compiler_options()` XLA:CPU keeps convolutions out of YNNPACK's library
+  fusions (its default makes one of this convolution: the CPU lever of docs/benchmarks.md),
+  and the gradients are the default compilation's to float32 rounding."""
+  if jax.default_backend() != "cpu":
+    pytest.skip("the options are CPU-only")
+
+  def loss(x, kernel):
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(y ** 2)
+
+  x, kernel = jax.random.normal(KEY, (32, 32, 32, 16)), jax.random.normal(KEY, (3, 3, 16, 16))
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel)
+  ours, default = grad.compile(compiler_options=steps.compiler_options()), grad.compile()
+  assert "__ynn_fusion" not in ours.as_text()
+  if "LIBRARY_FUSION_TYPE_REDUCE" in dict(steps._accepted_cpu_options()).values():
+    assert "__ynn_fusion" in default.as_text()  # what the option takes away
+  for a, b in zip(ours(x, kernel), default(x, kernel)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6 * float(np.abs(b).max()))
+
+
+def test_compiler_options_leave_out_what_this_xla_does_not_know(monkeypatch):
+  if jax.default_backend() != "cpu":
+    pytest.skip("the options are CPU-only")
+  monkeypatch.setitem(steps.CPU_COMPILER_OPTIONS, "xla_cpu_no_such_option", "1")
+  monkeypatch.setitem(steps.CPU_COMPILER_OPTIONS, "xla_cpu_experimental_ynn_fusion_type",
+                      "LIBRARY_FUSION_TYPE_NOT_A_TYPE")
+  steps._accepted_cpu_options.cache_clear()
+  try:
+    assert steps.compiler_options() == {"xla_disable_hlo_passes": "cse_barrier_expander"}
+  finally:
+    steps._accepted_cpu_options.cache_clear()
+
+
 def test_depthwise_module_keeps_nn_conv_parameters_and_outputs():
   """`DepthwiseConv` has nn.Conv(feature_group_count=C)'s parameter name, shape and
   initial values (same key), and the same output to float32 rounding, at both strides."""

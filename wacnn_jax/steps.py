@@ -246,16 +246,39 @@ def make_eval_fn(config, num_classes: int, topology: parallel.Topology, transfor
   return evaluate
 
 
+# XLA:CPU options of the train step (docs/benchmarks.md, "On a 2-core CPU"):
+CPU_COMPILER_OPTIONS = {
+    # Keep the optimisation barriers of `layers.Conv` through fusion (XLA:CPU
+    # removes barriers early by default), so that the weight gradients read the
+    # stored convolution inputs: resnet18 1.2x.
+    "xla_disable_hlo_passes": "cse_barrier_expander",
+    # YNNPACK for reductions only. Its convolutions (the "individual convolution"
+    # library fusions XLA:CPU makes by default) run resnet18's step 1.6x slower
+    # than XLA's own; its elementwise fusions are slower too.
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE",
+}
+
+
+@functools.cache
+def _accepted_cpu_options() -> tuple[tuple[str, str], ...]:
+  """The entries of CPU_COMPILER_OPTIONS that this XLA knows (an older one lacks some)."""
+  accepted = []
+  for key, value in CPU_COMPILER_OPTIONS.items():
+    try:
+      jax.jit(lambda x: x + 1).lower(np.float32(0)).compile(compiler_options={key: value})
+      accepted.append((key, value))
+    except jax.errors.JaxRuntimeError:
+      pass
+  return tuple(accepted)
+
+
 def compiler_options() -> dict[str, str] | None:
   """XLA options for compiling the train step (`.lower(...).compile(compiler_options=...)`).
 
-  On CPU: keep the optimisation barriers of `layers.Conv` through fusion
-  (XLA:CPU removes barriers early by default), so that the weight gradients
-  read the stored convolution inputs: 1.2x on a CPU ResNet18 train step
-  (docs/benchmarks.md). None elsewhere.
+  On CPU: `CPU_COMPILER_OPTIONS`, those that this XLA knows. None elsewhere.
   """
   if jax.default_backend() == "cpu":
-    return {"xla_disable_hlo_passes": "cse_barrier_expander"}
+    return dict(_accepted_cpu_options())
   return None
 
 
