@@ -19,8 +19,8 @@ PyTorch on the same device, and prints a markdown table:
    code with its DataLoader; its WA through the reference's matrix DWT), on
    CUDA also a torch.compile'd channels_last fp32 peer of mobilenetv2;
 4. levers: the train step of mobilenetv2 and resnet18-WA with every CPU lever
-   of `layers.Conv` and with each one taken out (the output-gradient barrier,
-   1x1 convolutions as matrix products), windows interleaved;
+   of `layers.Conv` and with each one taken out (the output-gradient barrier),
+   windows interleaved;
 5. profile: where mobilenetv2's train step goes (a jax.profiler trace of it
    with this backend's implementation, time per op class and the top ops,
    throughput.summarize_trace).
@@ -180,8 +180,6 @@ def bench_train(batch: int, steps: int, windows: int, with_torch: bool) -> list[
 LEVER_ABLATIONS = {
     "without the output-gradient barrier": lambda: mock.patch.object(
         layers, "_cotangent_barrier", lambda y: y),
-    "without 1x1 convolutions as matrix products": lambda: mock.patch.object(
-        layers, "POINTWISE_AS_MATMUL", ()),
 }
 
 

@@ -187,32 +187,3 @@ def test_depthwise_module_keeps_nn_conv_parameters_and_outputs():
     assert float(jnp.max(jnp.abs(variables["params"]["kernel"]))) <= bound
     np.testing.assert_allclose(ours.apply(variables, x), theirs.apply(reference, x),
                                rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("use_bias", [False, True])
-def test_pointwise_conv_as_matmul_is_nn_conv(use_bias, monkeypatch):
-  """A 1x1 stride-1 `layers.conv` computed as a matrix product (this backend listed in
-  POINTWISE_AS_MATMUL) has nn.Conv's variables (same key, same values) and its outputs and
-  gradients to float32 rounding (rtol 1e-5, atol 1e-5); the traced step holds a dot, no
-  convolution. Other kernels stay convolutions."""
-  monkeypatch.setattr(layers, "POINTWISE_AS_MATMUL", (jax.default_backend(),))
-  x = jax.random.normal(KEY, (2, 5, 7, 6))
-  bias_init = layers.torch_default_bias_init(6)
-  ours = layers.Conv(9, (1, 1), padding=((0, 0), (0, 0)), use_bias=use_bias,
-                     kernel_init=layers.torch_default_init, bias_init=bias_init)
-  theirs = nn.Conv(9, (1, 1), padding=((0, 0), (0, 0)), use_bias=use_bias,
-                   kernel_init=layers.torch_default_init, bias_init=bias_init)
-  variables, reference = ours.init(KEY, x), theirs.init(KEY, x)
-  assert jax.tree.structure(variables) == jax.tree.structure(reference)
-  jax.tree.map(np.testing.assert_array_equal, variables, reference)
-
-  def loss(module):
-    return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
-
-  jaxpr = str(jax.make_jaxpr(jax.grad(loss(ours), argnums=(0, 1)))(variables, x))
-  assert "dot_general" in jaxpr and "conv_general_dilated" not in jaxpr
-  got = jax.grad(loss(ours), argnums=(0, 1))(variables, x)
-  want = jax.grad(loss(theirs), argnums=(0, 1))(reference, x)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
-  assert "conv_general_dilated" in str(jax.make_jaxpr(
-      lambda x: layers.conv(9, 3).init_with_output(KEY, x))(x))

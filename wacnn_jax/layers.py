@@ -132,28 +132,18 @@ def linear(features: int, x, *, name: str, dtype: Any,
                kernel_init=kernel_init, dtype=dtype, name=name)(x)
 
 
-# Backends on which `Conv` computes a 1x1, stride-1 convolution as a matrix
-# product (lax.dot_general over the channel axis) instead of a convolution:
-# XLA:CPU's convolution weight gradient transposes its operands into copies,
-# the matrix product's does not (docs/benchmarks.md, "Depthwise convolutions").
-POINTWISE_AS_MATMUL = ("cpu",)
-
-
 class Conv(nn.Conv):
-  """nn.Conv with three CPU levers; same parameters, names, initial values and outputs.
+  """nn.Conv with two CPU levers; same parameters, names, initial values and outputs.
 
-  XLA:CPU computes a convolution's (and a matrix product's) weight gradient
-  from transposed copies of its input and of its output gradient, and by
-  default fuses the recomputation of those (the previous BatchNorm, ReLU and
+  XLA:CPU computes a convolution's weight gradient from transposed copies of
+  its input and of its output gradient, and by default fuses the recomputation of those (the previous BatchNorm, ReLU and
   residual adds, up to three layers back; the BatchNorm backward after it)
   into the transposing copies, reading several tensors in transposed order:
   over a third of a CPU train step. Optimisation barriers keep the stored
   values instead, where the compilation keeps barriers
   (`steps.compiler_options`):
   1. on the input (forward);
-  2. on the output's gradient (`_cotangent_barrier`);
-  3. on the backends of POINTWISE_AS_MATMUL, a 1x1 stride-1 convolution is a
-     matrix product of (N, H, W, Cin) with the (Cin, Cout) kernel.
+  2. on the output's gradient (`_cotangent_barrier`).
   Elsewhere this is nn.Conv. docs/benchmarks.md measures each.
   """
 
@@ -162,34 +152,14 @@ class Conv(nn.Conv):
     backend = jax.default_backend()
     if backend == "cpu":
       inputs = jax.lax.optimization_barrier(inputs)
-    if backend in POINTWISE_AS_MATMUL and self._pointwise():
-      y = self._matmul(inputs)
-    else:
-      y = super().__call__(inputs)
+    y = super().__call__(inputs)
     return _cotangent_barrier(y) if backend == "cpu" else y
-
-  def _pointwise(self) -> bool:
-    return (tuple(self.kernel_size) == (1, 1) and self.strides in (1, (1, 1), None)
-            and self.padding in ("VALID", "SAME", ((0, 0), (0, 0)), 0)
-            and self.feature_group_count == 1 and self.input_dilation in (1, (1, 1), None)
-            and self.kernel_dilation in (1, (1, 1), None))
-
-  def _matmul(self, inputs):
-    """nn.Conv's parameters ('kernel' (1, 1, Cin, Cout), 'bias'), applied as a matrix product."""
-    kernel = self.param("kernel", self.kernel_init, (1, 1, inputs.shape[-1], self.features),
-                        self.param_dtype)
-    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    inputs, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    y = jax.lax.dot_general(inputs, kernel[0, 0], (((inputs.ndim - 1,), (0,)), ((), ())),
-                            precision=self.precision)
-    return y if bias is None else y + bias
 
 
 @jax.custom_vjp
 def _cotangent_barrier(y):
   """The identity, whose gradient passes an optimisation barrier: the gradient arriving at
-  a convolution or matrix product is stored before XLA:CPU transposes it for the weight
+  a convolution is stored before XLA:CPU transposes it for the weight
   gradient, rather than recomputed (the BatchNorm backward after the layer) inside the
   transposing copy. Reverse mode only (a custom VJP)."""
   return y
