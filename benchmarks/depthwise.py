@@ -159,17 +159,17 @@ def bench_train(batch: int, steps: int, windows: int, with_torch: bool) -> list[
       runners[name] = run_train
     if with_torch:
       from benchmarks import torch_peers  # pylint: disable=g-import-not-at-top
-      seconds = torch_peers.training_runner(
-          "faithful", batch, _torch_device(), dataset_size=max(batch * steps, 2 * batch),
-          model=peer_model, wavelet=wavelet)
-      seconds(max(1, steps // 2))
-      runners["torch"] = lambda seconds=seconds: seconds(steps)
-      if arch == "mobilenetv2" and _torch_device() == "cuda":  # torch.compile'd, fp32
-        compiled = torch_peers.training_runner(
-            "tuned-fp32", batch, "cuda", dataset_size=max(batch * steps, 2 * batch),
+
+      def peer_runner(peer, warmup):
+        seconds = torch_peers.training_runner(
+            peer, batch, _torch_device(), dataset_size=max(batch * steps, 2 * batch),
             model=peer_model, wavelet=wavelet)
-        compiled(max(2, steps // 2))  # compiles
-        runners["torch compiled"] = lambda compiled=compiled: compiled(steps)
+        seconds(warmup)  # torch.compile compiles here
+        return lambda: seconds(steps)
+
+      runners["torch"] = peer_runner("faithful", max(1, steps // 2))
+      if arch == "mobilenetv2" and _torch_device() == "cuda":  # torch.compile'd, fp32
+        runners["torch compiled"] = peer_runner("tuned-fp32", max(2, steps // 2))
     times = throughput.interleaved_seconds(runners, windows)
     rows.append({"model": label, **{name: steps * batch / s for name, s in times.items()}})
     print("  train", rows[-1], flush=True)

@@ -112,15 +112,15 @@ def startup_table(rows: Sequence[dict]) -> str:
   lines = ["| arch | device | invocations | process start to first epoch, s | "
            "first epoch's compile, s | sum of the medians, s |", "|---|---|---|---|---|---|"]
 
-  def spread(values):
-    return (f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})",
-            statistics.median(values))
-
   for (arch, device), group in sorted(groups.items()):
-    startup, startup_median = spread([r["startup_seconds"] for r in group])
-    compile_, compile_median = spread([r["compile_seconds"] for r in group])
-    lines.append(f"| {arch} | {device} | {len(group)} | {startup} | {compile_} | "
-                 f"{startup_median + compile_median:.1f} |")
+    cells, total = [], 0.0
+    for key in ("startup_seconds", "compile_seconds"):
+      values = [r[key] for r in group]
+      median = statistics.median(values)
+      cells.append(f"{median:.1f} ({min(values):.1f}-{max(values):.1f})")
+      total += median
+    lines.append(f"| {arch} | {device} | {len(group)} | {cells[0]} | {cells[1]} | "
+                 f"{total:.1f} |")
   return "\n".join(lines) + "\n" if groups else ""
 
 

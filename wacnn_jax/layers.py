@@ -136,9 +136,10 @@ class Conv(nn.Conv):
   """nn.Conv with two CPU levers; same parameters, names, initial values and outputs.
 
   XLA:CPU computes a convolution's weight gradient from transposed copies of
-  its input and of its output gradient, and by default fuses the recomputation of those (the previous BatchNorm, ReLU and
-  residual adds, up to three layers back; the BatchNorm backward after it)
-  into the transposing copies, reading several tensors in transposed order:
+  its input and of its output gradient, and by default fuses the
+  recomputation of those (the previous BatchNorm, ReLU and residual adds, up
+  to three layers back; the BatchNorm backward after it) into the transposing
+  copies, reading several tensors in transposed order:
   over a third of a CPU train step. Optimisation barriers keep the stored
   values instead, where the compilation keeps barriers
   (`steps.compiler_options`):

@@ -33,7 +33,6 @@ import time
 FILE_VERSION = "brain.Event:2"
 
 
-
 def _crc32c_table() -> tuple[int, ...]:
   """CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), one entry per byte value."""
   table = []
@@ -115,7 +114,7 @@ class ScalarWriter:
         self._file = open(self.path, "xb")
         break
       except FileExistsError:
-        continue
+        pass
     self._file.write(tfrecord(event(time.time(), file_version=FILE_VERSION)))
 
   def add_scalar(self, tag: str, value: float, step: int) -> None:
