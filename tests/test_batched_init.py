@@ -79,6 +79,37 @@ def test_draws_and_keys_are_batched():
   assert sum(isinstance(o, batched_init.Rows) for o in outputs) == draws  # cut on the host
 
 
+def _normal_as_erf_inv(key, shape, dtype=jnp.float32):
+  """N(0, 0.5^2) as JAX >= 0.11 writes `jax.random.normal`: erf_inv of a uniform draw on (-1, 1)."""
+  low = np.nextafter(np.float32(-1), np.float32(0))
+  return jax.lax.erf_inv(jax.random.uniform(key, shape, dtype, low, 1.0)) * np.float32(
+      np.sqrt(2) * 0.5)
+
+
+class ErfInvNormal(registry.Network):
+  """Three 1x1 convolutions (18, 48 and 64 values: one size class) initialised by `_normal_as_erf_inv`."""
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for k, features in enumerate((6, 8, self.num_classes)):
+      x = layers.conv(features, 1, kernel_init=_normal_as_erf_inv, name=f"conv{k}")(x)
+    return jnp.mean(x, axis=(1, 2))
+
+
+def test_erf_inv_of_a_draw_is_batched_with_it():
+  """The normal draws of newer JAX (and this initialiser in any JAX): one batched call, cut on the host."""
+  model = ErfInvNormal(num_classes=8)
+  _assert_same(model.init(RNGS, X, train=False), _flax_jit_init(model, RNGS, X))
+  closed = jax.make_jaxpr(functools.partial(nn.Module.init, model, train=False))(RNGS, X)
+  draws = sum(batched_init._is_draw(eqn) for eqn in closed.jaxpr.eqns)
+  traced = []
+  jax.eval_shape(lambda *a: traced.append(batched_init.evaluate_batched(closed, *a)),
+                 *jax.tree.leaves((RNGS, X)))
+  outputs, batches = traced[0]
+  assert draws == 3 and len(batches) == 1, (draws, len(batches))
+  assert sum(isinstance(o, batched_init.Rows) for o in outputs) == draws
+
+
 # Every backbone with WA, and every attention module in a ResNet, a VGG (which
 # re-initialises the attention modules inside it) and MobileNetV2.
 BACKBONE_CASES = ([(arch, "wa", None) for arch in registry.arch_names()]

@@ -14,7 +14,9 @@ program with few kernels:
    are known runs as it is; then the ready `random_fold_in`s (the keys Flax
    derives for each parameter from the root key) run as one vmapped call,
    and the ready draws (`jax.random.uniform`, `jax.random.normal`) as one
-   call per distribution and size class. Draws of different sizes share a
+   call per distribution and size class. (JAX >= 0.11 writes a normal draw
+   as a uniform draw on (-1, 1) followed by `erf_inv`: the `erf_inv` goes
+   into the batched call with its draw.) Draws of different sizes share a
    call because with threefry's partitionable counters
    (`jax_threefry_partitionable`, JAX's default) a draw of shape S is the
    first prod(S) values of a longer flat draw with the same key; sizes within
@@ -74,9 +76,15 @@ def _is_draw(eqn) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class _Draw:
-  """A draw equation, and the `mul` by a scalar that is its only use (None: it has none)."""
+  """A draw equation, then the equations applied to its values alone (None: not there).
+
+  `inverse_cdf`: the `erf_inv` that is the draw's only use (a normal draw in
+  JAX >= 0.11); `scale`: the `mul` by a scalar that is the only use of the
+  draw's (or the `erf_inv`'s) result.
+  """
 
   eqn: Any
+  inverse_cdf: Any = None
   scale: Any = None
 
   @property
@@ -96,28 +104,41 @@ class _Draw:
     """The draw's inputs, then the scale (a literal 1 without one)."""
     if self.scale is None:
       return list(self.eqn.invars) + [core.Literal(1.0, self.aval.update(shape=()))]
+    unscaled = (self.inverse_cdf or self.eqn).outvars[0]
     a, b = self.scale.invars
-    return list(self.eqn.invars) + [b if a is self.eqn.outvars[0] else a]
+    return list(self.eqn.invars) + [b if a is unscaled else a]
 
   @property
   def outvar(self):
-    return (self.scale or self.eqn).outvars[0]
+    return (self.scale or self.inverse_cdf or self.eqn).outvars[0]
 
   def group(self) -> tuple:
-    """Draws batched in one call: same function and dtype, sizes within 4x."""
-    return ("draw", self.name, self.aval.dtype, (max(1, self.size - 1).bit_length() + 1) // 2)
+    """Draws batched in one call: same function, `erf_inv` or not, dtype, sizes within 4x."""
+    return ("draw", self.name, self.inverse_cdf is not None, self.aval.dtype,
+            (max(1, self.size - 1).bit_length() + 1) // 2)
 
 
-def _scale_of(eqn, uses: list, outputs: set):
-  """The `mul` by a scalar that is the only use of draw `eqn`'s result, or None."""
+def _only_use(v, uses: dict, outputs: set):
+  """The one equation that reads `v`, or None (several, none, or `v` is an output)."""
+  readers = uses.get(v, [])
+  return readers[0] if len(readers) == 1 and v not in outputs else None
+
+
+def _draw(eqn, uses: dict, outputs: set) -> _Draw:
+  """Draw `eqn` with the `erf_inv` and the `mul` by a scalar that only its values go through."""
   out = eqn.outvars[0]
-  if len(uses) != 1 or out in outputs:
-    return None
-  (use,) = uses
-  if use.primitive.name != "mul" or list(use.invars).count(out) != 1:
-    return None
-  other = next(v for v in use.invars if v is not out)
-  return use if other.aval.shape == () and other.aval.dtype == out.aval.dtype else None
+  inverse_cdf = _only_use(out, uses, outputs)
+  if inverse_cdf is not None and inverse_cdf.primitive.name == "erf_inv":
+    out = inverse_cdf.outvars[0]
+  else:
+    inverse_cdf = None
+  scale = _only_use(out, uses, outputs)
+  if scale is None or scale.primitive.name != "mul" or list(scale.invars).count(out) != 1:
+    return _Draw(eqn, inverse_cdf)
+  other = next(v for v in scale.invars if v is not out)
+  if other.aval.shape != () or other.aval.dtype != out.aval.dtype:
+    return _Draw(eqn, inverse_cdf)
+  return _Draw(eqn, inverse_cdf, scale)
 
 
 def _units(jaxpr) -> list:
@@ -140,10 +161,9 @@ def _units(jaxpr) -> list:
     if id(eqn) in absorbed:
       continue
     if _is_draw(eqn):
-      scale = _scale_of(eqn, uses.get(eqn.outvars[0], []), outputs)
-      if scale is not None:
-        absorbed.add(id(scale))
-      units.append(_Draw(eqn, scale))
+      draw = _draw(eqn, uses, outputs)
+      absorbed.update(id(e) for e in (draw.inverse_cdf, draw.scale) if e is not None)
+      units.append(draw)
     else:
       units.append(eqn)
   return units
@@ -157,8 +177,10 @@ def _bind(eqn, inputs: list) -> list:
 
 
 def _batched_draw(draw: _Draw, n: int, key, *inputs) -> jax.Array:
-  """`draw`'s function for a flat draw of `n` values, times its scale (the last input)."""
+  """`draw`'s function for a flat draw of `n` values, its `erf_inv`, times its scale (the last input)."""
   values = FLAT_DRAWS[draw.name][1](key, n, draw.aval.dtype, *inputs[:-1])
+  if draw.inverse_cdf is not None:
+    values = jax.lax.erf_inv(values)
   return values * inputs[-1]
 
 
