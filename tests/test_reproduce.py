@@ -294,14 +294,22 @@ def _lock_holder(workdir):
 
 
 def _no_run_holds(workdir):
-  """True when no process holds the workdir's training lock and its last holder is gone."""
+  """True when no process holds the workdir's training lock and its last holder is gone.
+
+  A run stopped before `workdirs.lock` wrote its "pid P on host H" line (still
+  starting, or between taking the lock and writing it) leaves no lock file or an
+  empty one: nobody holds it then, and no holder was recorded.
+  """
   with open(os.path.join(workdir, ".lock"), "a+") as f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
       return False
     f.seek(0)
-    pid = int(f.read().split()[1])
+    holder = f.read().split()
+  if not holder:
+    return True
+  pid = int(holder[1])
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
