@@ -3,7 +3,7 @@
     python run_train.py --config configs/default.py --workdir runs/r18_wa \
         [--config.some.field=value ...]
 
-All logic lives in the package (`wacnn_jax.cli`, `wacnn_jax.train`), so that
+All logic lives in the package (`wacnn_jax.cli`, `wacnn_jax.tools.train`), so that
 tests and notebooks run the same code.
 """
 

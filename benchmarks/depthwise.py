@@ -1,6 +1,6 @@
 """Depthwise convolutions side by side: shifted multiply-adds, lax's grouped convolution, PyTorch.
 
-`wacnn_jax.depthwise.depthwise_conv2d` computes a depthwise convolution either as
+`wacnn_jax.nn.depthwise.depthwise_conv2d` computes a depthwise convolution either as
 shifted multiply-adds (`depthwise_conv2d_shifted`) or as lax's grouped
 convolution; `depthwise.DEPTHWISE_IMPLEMENTATION` picks one per backend. This
 script measures both, in one process with their windows interleaved, beside
@@ -49,9 +49,11 @@ import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
 from benchmarks import throughput  # pylint: disable=g-import-not-at-top
-from wacnn_jax import depthwise  # pylint: disable=g-import-not-at-top
-from wacnn_jax import layers  # pylint: disable=g-import-not-at-top
-from wacnn_jax import wavelets  # pylint: disable=g-import-not-at-top
+from wacnn_jax.nn import depthwise
+from wacnn_jax.nn import layers
+from wacnn_jax.nn import wavelets
+
+
 
 IMPLEMENTATIONS = ("shifted", "grouped")
 # (H = W, channels, stride) of MobileNetV2's depthwise convolutions on 32x32 inputs.

@@ -20,7 +20,7 @@ like pywt's rbio2.2), kept here only because it is the reference's algorithm.
 `reference_dwt_matrices` builds the matrices with the reference's numpy loops,
 uncached: the faithful PyTorch peer (benchmarks/torch_peers.py) calls it on
 every forward, as the reference does; `matrix_dwt2` is the JAX peer of
-`wacnn_jax.wavelets.dwt2` (one strided depthwise convolution) in the DWT
+`wacnn_jax.nn.wavelets.dwt2` (one strided depthwise convolution) in the DWT
 benchmark. The package wacnn_jax does not use this module.
 """
 

@@ -44,7 +44,7 @@ from typing import Sequence
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from wacnn_jax import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
+from wacnn_jax.tools import grid_runs
 
 
 def invocation_rates(table_dir: str) -> list[dict]:
@@ -54,7 +54,7 @@ def invocation_rates(table_dir: str) -> list[dict]:
   for cell in sorted(os.listdir(table_dir)):
     cell_dir = os.path.join(table_dir, cell)
     for run in sorted(os.listdir(cell_dir)) if os.path.isdir(cell_dir) else []:
-      replicas = reproduce.read_run(os.path.join(cell_dir, run))
+      replicas = grid_runs.read_run(os.path.join(cell_dir, run))
       if not re.fullmatch(r"seed\d+|seeds\d+-\d+", run) or not replicas:
         continue
       epochs = {}  # epoch: training images/s, summed over replicas

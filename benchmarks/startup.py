@@ -14,7 +14,7 @@ with new cache folders per repeat, in this order:
 
 Per run, from the arrival time of the run's log lines and its metrics.jsonl:
 `imports` (the first line of `train_and_evaluate`: Python, JAX and the
-package imported), `data` (when `dataset_cache` says the images were decoded
+package imported), `data` (when `data/cache.py` says the images were decoded
 or read), `setup`
 (the "Training ..." line: data loaded, model initialised, state on the
 devices), `to first step` (setup + the train step's `compile_seconds` + the
@@ -61,7 +61,7 @@ def run_once(args, workdir: str, data_cache: str, compile_cache: str) -> dict:
       lines.append(line)
       if "compilation_cache.py" in line:  # train_and_evaluate's first line: imports done
         times.setdefault("imports", now)
-      if "dataset_cache.py" in line and ("Decoded " in line or "Read " in line):
+      if " cache.py:" in line and ("Decoded " in line or "Read " in line):
         times.setdefault("data", now)
       if "] Training " in line:
         times.setdefault("setup", now)

@@ -19,7 +19,7 @@ that fails is recorded with its error and the others go on):
    accuracy and the projected 160-epoch wall time;
 3. the PyTorch peers (faithful reference-style and tuned WA-ResNet18,
    `benchmarks/torch_peers.py`) on the same device, as ratios to wacnn_jax;
-4. the DWT alone (haar): `wacnn_jax.wavelets.dwt2` (its two-tap fused path),
+4. the DWT alone (haar): `wacnn_jax.nn.wavelets.dwt2` (its two-tap fused path),
    the general strided-conv path `dwt2_conv` and the reference's
    matrix-multiply DWT, against the bytes-moved floor at the measured bandwidth;
 5. with `--profile`: a `jax.profiler` trace of the resnet18-WA train step,
@@ -69,8 +69,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default  # pylint: disable=wrong-import-position
-from wacnn_jax import (  # pylint: disable=wrong-import-position
-    input_pipeline, optim, parallel, reproduce, steps, train, wavelets)
+from wacnn_jax.data.dataset import Split
+from wacnn_jax.nn import wavelets
+from wacnn_jax.tools import reproduce
+from wacnn_jax.training import optim
+from wacnn_jax.training import parallel
+from wacnn_jax.training import states
+from wacnn_jax.training import steps
 
 REFERENCE_EPOCHS = 160
 PHASES = ("train", "seeds", "peers", "dwt", "profile", "full_run", "levers", "rest")
@@ -203,9 +208,9 @@ def train_runners(arch, attention, half, batch, num_steps, replicas=1):
   images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, (n,), dtype=np.int32)
   lr_fn = optim.create_learning_rate_fn(config, 1000)
-  model = train.create_model(config, 10)
+  model = states.create_model(config, 10)
   state = parallel.replicate_state(
-      train.create_train_states(config, model, (32, 32, 3), lr_fn), topology)
+      states.create_train_states(config, model, (32, 32, 3), lr_fn), topology)
   train_images, train_labels = parallel.replicate_state((images, labels), topology)
   indices = np.stack([  # (devices, replicas, steps, per_device)
       rng.permutation(n)[:num_steps * batch].reshape(
@@ -221,7 +226,7 @@ def train_runners(arch, attention, half, batch, num_steps, replicas=1):
                                        indices)
     return metrics
 
-  test = input_pipeline.Split(images[:min(n, 10_000)], labels[:min(n, 10_000)])
+  test = Split(images[:min(n, 10_000)], labels[:min(n, 10_000)])
   data = parallel.shard_eval_data(test, topology, batch)
   evaluate = steps.make_eval_fn(config, 10, topology)
   run_eval = lambda: evaluate(holder["state"], data)

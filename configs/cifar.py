@@ -17,7 +17,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import default
-from wacnn_jax import attention
+from wacnn_jax.nn import attention_spec
 
 SETTINGS = {"dataset": ("data", "dataset"), "arch": ("model", "arch"),
             "attention": ("model", "attention")}
@@ -39,7 +39,7 @@ PRESETS = {"smoke": smoke}
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = default.get_config()
-  for item in filter(None, attention.split_top_level(arg or "")):
+  for item in filter(None, attention_spec.split_top_level(arg or "")):
     key, has_value, value = item.partition("=")
     key = key.strip()
     if not has_value and key in PRESETS:

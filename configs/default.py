@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   # CIFAR-100 archives: the 100 "fine" labels or the 20 "coarse" superclasses.
   config.data.cifar100_labels = "fine"
   # Where an image folder's decoded uint8 splits are cached, so that later runs
-  # skip decoding (wacnn_jax.dataset_cache); unset = $XDG_CACHE_HOME/wacnn_jax/datasets
+  # skip decoding (wacnn_jax.data.cache); unset = $XDG_CACHE_HOME/wacnn_jax/datasets
   # (~/.cache/wacnn_jax/datasets), '' = no cache. tfds datasets are not cached.
   config.data.cache_dir = ml_collections.config_dict.placeholder(str)
   config.data.download = True  # let tfds download and prepare when missing

@@ -14,7 +14,7 @@ from PIL import Image
 import pytest
 
 from tests import helpers
-from wacnn_jax import evaluate
+from wacnn_jax.tools import evaluate
 
 SHARED_DATA = os.environ.get("WACNN_JAX_SHARED_DATA",
                              os.path.join(helpers.REPO_ROOT, "..", "shared", "data"))

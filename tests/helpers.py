@@ -7,7 +7,7 @@ import tarfile
 from typing import Any
 
 from configs import cifar
-from wacnn_jax import train
+from wacnn_jax.training import train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10_MINI = os.path.join(REPO_ROOT, "tests", "data", "cifar10-mini.tar.gz")

@@ -4,9 +4,11 @@ import pytest
 
 from configs import cifar
 from configs import default
-from wacnn_jax import attention
 from wacnn_jax import cli
-from wacnn_jax import train
+from wacnn_jax.nn import attention_spec
+from wacnn_jax.training import config_checks
+
+
 
 
 def test_no_argument_is_the_default():
@@ -18,10 +20,10 @@ def test_settings_and_presets():
   config = cifar.get_config(
       "dataset=cifar100, arch=vgg16_bn,attention=wa(wavelet='db2', stages='all'),smoke")
   assert (config.data.dataset, config.model.arch) == ("cifar100", "vgg16_bn")
-  assert attention.AttentionSpec.parse(config.model.attention) == attention.AttentionSpec(
+  assert attention_spec.AttentionSpec.parse(config.model.attention) == attention_spec.AttentionSpec(
       "wa", {"wavelet": "db2", "stages": "all"})
   assert (config.num_epochs, config.batch_size, config.data.max_train_examples) == (2, 64, 512)
-  train.validate_config(config)
+  config_checks.validate_config(config)
   # Everything else is the default's.
   expected = default.get_config()
   cifar.smoke(expected)

@@ -31,7 +31,7 @@ def test_outputs_are_cleared_in_git():
 
 def test_notebook_uses_the_package():
   code = "\n".join(c.source for c in read_notebook().cells if c.cell_type == "code")
-  assert "from wacnn_jax import evaluate, input_pipeline, report, restore, train, visualize" in code
+  assert "from wacnn_jax.training import restore, train" in code
   assert code.count("def ") == 1  # make_config only: no logic copied into the notebook
   for call in ("train.train_and_evaluate", "evaluate.evaluate_checkpoint",
                "restore.restore_checkpoint", "report.make_report",

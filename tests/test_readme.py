@@ -21,6 +21,7 @@ import pytest
 
 from tests.helpers import REPO_ROOT
 from wacnn_jax import cli
+from wacnn_jax.tools import command_line
 
 README = os.path.join(REPO_ROOT, "README.md")
 
@@ -58,8 +59,8 @@ def parsed_train_command(command: list[str]):
   argv = cli_argv(command)
   assert argv[1] == "train", command
   fv = flags.FlagValues()
-  cli.COMMANDS["train"].define(fv, argv)
-  cli.parse_flags(fv, ["train"] + argv[2:])
+  cli.command("train").define(fv, argv)
+  command_line.parse_flags(fv, ["train"] + argv[2:])
   return fv.config, fv.workdir
 
 

@@ -1,5 +1,9 @@
 """The backbones by name: `create_model(arch, ...)` for every registered arch x attention.
 
+The layer above the building blocks (`wacnn_jax.nn`), which is all it
+imports of wacnn_jax: networks, their registry and their fast initialisation
+(`batched_init`), no configs, files or logging.
+
     model = create_model("resnet18", num_classes=10, attention="wa")
     model = create_model("resnet50", num_classes=10, attention="se(reduction=8)",
                          block="bottleneck")
@@ -20,12 +24,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wacnn_jax.attention import AttentionSpec
 from wacnn_jax.models import registry
+from wacnn_jax.nn.attention_spec import AttentionSpec
 # The backbones register on import, in this order (that of registry.arch_names()).
-from wacnn_jax.models import resnet
+from wacnn_jax.models import resnet  # pylint: disable=g-bad-import-order
 from wacnn_jax.models import vgg
-from wacnn_jax.models import mobilenet_v2  # pylint: disable=g-bad-import-order
+from wacnn_jax.models import mobilenet_v2
 
 
 def create_model(arch: str, *, num_classes: int, attention: str | AttentionSpec = "none",
@@ -37,7 +41,7 @@ def create_model(arch: str, *, num_classes: int, attention: str | AttentionSpec 
 
   arch: a registered name (`registry.arch_names()`). attention: an
     `AttentionSpec` or its string, e.g. "none", "se(reduction=8)",
-    "wa(wavelet='db2', stages='all')" (see wacnn_jax.attention).
+    "wa(wavelet='db2', stages='all')" (see wacnn_jax.nn.attention_spec).
   dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
   axis_name: pmap axis name over which BatchNorm averages batch statistics.
   options: the arch's own options, None = its default; the ResNets take

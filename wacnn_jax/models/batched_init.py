@@ -28,7 +28,7 @@ program with few kernels:
 An initialiser's multiplication of its draw by a scalar (`normal(key, shape)
 * stddev`) is done inside the batched call: under one jit XLA folds the
 scalar into the draw's own last multiplication, and so it must here, to
-round alike. Batching changes nothing else (`tests/test_models.py` compares
+round alike. Batching changes nothing else (`tests/models/test_models.py` compares
 with `jax.jit(flax.linen.Module.init)`). Equations it does not recognise
 (another key implementation, other random functions, a JAX whose draws take
 other arguments) run one by one as under `jax.jit`, so the result is always

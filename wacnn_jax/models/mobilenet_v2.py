@@ -15,7 +15,7 @@ the parameter count does not change (`stages` 'reference' and 'all' alike).
 Init as the reference, which leaves every layer at PyTorch's default: conv
 kernels U(+-1/sqrt(fan_in)) (fan_in = Cin / groups * k * k, so 9 for the
 depthwise convs), classifier kernel and bias U(+-1/sqrt(1280)), BatchNorm
-scale 1 / bias 0 (attention modules: see wacnn_jax.attention).
+scale 1 / bias 0 (attention modules: see wacnn_jax.nn.attention).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wacnn_jax import layers
 from wacnn_jax.models import registry
+from wacnn_jax.nn import layers
 
 # (expansion t, output channels c, repeats n, first stride s)
 STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
@@ -68,7 +68,7 @@ class MobileNetV2(registry.Network):
   """(N, 32, 32, 3) -> float32 logits (N, num_classes)."""
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool = False):
     bn = lambda name: layers.batch_norm(train, dtype=self.dtype, axis_name=self.axis_name,
                                         name=name)
     x = jnp.asarray(x, self.dtype)

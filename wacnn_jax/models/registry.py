@@ -22,8 +22,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wacnn_jax.attention import NO_ATTENTION, AttentionSpec
 from wacnn_jax.models import batched_init
+from wacnn_jax.nn.attention_spec import NO_ATTENTION, AttentionSpec
 
 
 class BackboneModule(nn.Module):
@@ -44,9 +44,11 @@ class BackboneModule(nn.Module):
 class Network(BackboneModule):
   """A whole backbone: NHWC images (N, H, W, 3) -> float32 logits (N, num_classes).
 
-  Called as `model.apply(variables, x, train=bool, ...)`. `model.init` gives
-  Flax's variables, bit for bit, without running the forward pass
-  (`batched_init`): seconds on a CPU instead of half a minute.
+  Called as `model.apply(variables, x, train=bool, ...)`; `train` defaults to
+  False (evaluation: BatchNorm's running averages, no dropout). `model.init`
+  gives Flax's variables, bit for bit, without running the forward pass
+  (`batched_init`): seconds on a CPU instead of half a minute. It works as
+  Flax's does under `jax.jit`, `jax.eval_shape` and `jax.vmap`.
   """
 
   _: dataclasses.KW_ONLY

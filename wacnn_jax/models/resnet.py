@@ -17,7 +17,7 @@ with `stages='reference'` as the paper's code, BasicBlock only in the first
 Init as the reference, which leaves every layer at PyTorch's default: conv
 kernels U(+-1/sqrt(fan_in)) (fan_in = Cin * k * k), classifier kernel and bias
 U(+-1/sqrt(width)), BatchNorm scale 1 / bias 0 (attention modules: see
-wacnn_jax.attention).
+wacnn_jax.nn.attention).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any, ClassVar, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wacnn_jax import layers
-from wacnn_jax.attention import NO_ATTENTION, AttentionSpec
 from wacnn_jax.models import registry
+from wacnn_jax.nn.attention_spec import NO_ATTENTION, AttentionSpec
+from wacnn_jax.nn import layers
 
 BASIC_DEPTHS = {"resnet18": (3, 3, 3), "resnet34": (5, 5, 5), "resnet50": (9, 9, 9),
                 "resnet110": (18, 18, 18), "resnet164": (27, 27, 27)}
@@ -127,7 +127,7 @@ class CifarResNet(registry.Network):
   block_cls: Any
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool = False):
     x = jnp.asarray(x, self.dtype)
     x = layers.conv(16, 3, dtype=self.dtype, name="stem_conv")(x)
     x = layers.batch_norm(train, dtype=self.dtype, axis_name=self.axis_name,

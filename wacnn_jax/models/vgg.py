@@ -25,8 +25,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wacnn_jax import layers
 from wacnn_jax.models import registry
+from wacnn_jax.nn import layers
 
 CONFIGS = {
     "vgg11_bn": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
@@ -49,7 +49,7 @@ class VGG(registry.Network):
   layout: Sequence[Any]
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool = False):
     x = jnp.asarray(x, self.dtype)
     conv_index = pool_index = 0
     for item in self.layout:

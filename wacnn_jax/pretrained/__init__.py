@@ -1,21 +1,25 @@
 """Trained models in one call: the shipped ones by name, or weights exported from a run.
 
-    from wacnn_jax import input_pipeline, pretrained
+    from wacnn_jax import pretrained
+    from wacnn_jax.data import transforms
     pretrained.list()                          # the names shipped for CIFAR-10
     net = pretrained.load("mobilenetv2-wa", dataset="cifar10")   # or a path (below)
-    logits = net.model.apply(net.variables, input_pipeline.normalize(images), train=False)
+    logits = net.model.apply(net.variables, transforms.normalize(images), train=False)
 
-`images` are uint8 NHWC (N, 32, 32, 3) as read from disk; `input_pipeline.normalize`
+`images` are uint8 NHWC (N, 32, 32, 3) as read from disk; `transforms.normalize`
 scales them to [0, 1] and standardises each channel with the CIFAR mean and
 standard deviation, as training did. Logits are float32 (N, classes), label k
 named `net.record.class_names[k]`.
 
 `load` also takes the path of weights exported from a training run
-(`python -m wacnn_jax export --workdir RUN --out DIR`, see `export`): a record
+(`python -m wacnn_jax export --workdir RUN --out DIR`, `wacnn_jax.tools.export`): a record
 `DIR/<name>.json` or its `DIR/<name>.msgpack`, a folder holding one exported
 model, or a finished reproduction run, whose final weights are in `<run>/weights/`.
 The format is `weights`'s. The shipped models are in `shipped/<dataset>/`
 inside the package (`shipped/README.md` says which and how they are made).
+
+This layer sits beside the trainer: it imports the data layer, the models,
+the building blocks and `wacnn_jax.files`, never the trainer or the tools.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from wacnn_jax import input_pipeline
-from wacnn_jax import train
+from wacnn_jax.data.dataset import Dataset
+from wacnn_jax.data import pipeline
+from wacnn_jax import models
 from wacnn_jax.pretrained import weights
 from wacnn_jax.pretrained.weights import WeightsError  # pylint: disable=unused-import
 from wacnn_jax.pretrained.weights import WeightsRecord
@@ -133,29 +138,33 @@ def find(name_or_path: str, dataset: str = "cifar10") -> str:
 
 
 def create_model(record: WeightsRecord, axis_name: str | None = None) -> nn.Module:
-  """The model a record describes (`train.create_model`; `axis_name` for pmapped use)."""
-  return train.create_model(record.model_config(), record.num_classes, axis_name=axis_name)
+  """The model a record describes (`models.create_model`; `axis_name` for pmapped use)."""
+  return models.create_model(record.arch, num_classes=record.num_classes,
+                             attention=record.attention, block=record.block,
+                             dtype=jnp.bfloat16 if record.half_precision else jnp.float32,
+                             axis_name=axis_name)
 
 
-def abstract_variables(config, num_classes: int, image_shape) -> Any:
-  """{params, batch_stats} shapes and dtypes of `config.model`'s network (nothing is computed)."""
-  model = train.create_model(config, num_classes, axis_name=None)
-  return jax.eval_shape(lambda: train.initial_variables(model, image_shape,
-                                                        jax.random.PRNGKey(0)))
+def abstract_variables(model: nn.Module, image_shape) -> Any:
+  """{params, batch_stats} shapes and dtypes of `model` for NHWC `image_shape` (H, W, C);
+  nothing is computed."""
+  x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+  return jax.eval_shape(lambda key, x: model.init(key, x, train=False),
+                        jax.random.PRNGKey(0), x)
 
 
 def load(name_or_path: str, dataset: str = "cifar10") -> Pretrained:
   """A shipped model by name (`list(dataset)`), or exported weights by path; see the module doc.
 
-  The model expects uint8 NHWC images normalised by `input_pipeline.normalize`.
+  The model expects uint8 NHWC images normalised by `transforms.normalize`.
   Raises ValueError for an unknown name or a path without weights, WeightsError
   (naming the file) for a damaged record or weights file.
   """
   path = find(name_or_path, dataset)
   record = weights.read_record(path)
-  expected = abstract_variables(record.model_config(), record.num_classes, record.image_shape)
-  variables = weights.read_variables(path, record, expected)
-  return Pretrained(create_model(record), jax.tree.map(jnp.asarray, variables), record, path)
+  model = create_model(record)
+  variables = weights.read_variables(path, record, abstract_variables(model, record.image_shape))
+  return Pretrained(model, jax.tree.map(jnp.asarray, variables), record, path)
 
 
 def data_config(record: WeightsRecord,
@@ -172,7 +181,7 @@ def data_config(record: WeightsRecord,
       "max_train_examples": 0, "max_test_examples": 0})
 
 
-def check_dataset(net: Pretrained, dataset: input_pipeline.Dataset) -> None:
+def check_dataset(net: Pretrained, dataset: Dataset) -> None:
   """ValueError when `dataset`'s classes or image size are not those the model was trained on."""
   trained = (tuple(net.record.class_names), tuple(net.record.image_shape))
   given = (tuple(dataset.class_names), tuple(dataset.image_shape))
@@ -184,8 +193,8 @@ def check_dataset(net: Pretrained, dataset: input_pipeline.Dataset) -> None:
         f"({net.record.dataset}, {net.record.data_source}).")
 
 
-def load_test_data(net: Pretrained, image_folder: str | None = None) -> input_pipeline.Dataset:
+def load_test_data(net: Pretrained, image_folder: str | None = None) -> Dataset:
   """The test split of the model's dataset (`data_config`), checked by `check_dataset`."""
-  dataset = input_pipeline.load_dataset(data_config(net.record, image_folder))
+  dataset = pipeline.load(data_config(net.record, image_folder))
   check_dataset(net, dataset)
   return dataset

@@ -36,7 +36,7 @@ from flax import serialization
 import ml_collections
 import numpy as np
 
-from wacnn_jax import workdirs
+from wacnn_jax.files import atomic
 
 FORMAT = "wacnn_jax weights"
 FORMAT_VERSION = 1
@@ -86,7 +86,7 @@ class WeightsRecord:
     return len(self.class_names)
 
   def model_config(self) -> ml_collections.ConfigDict:
-    """The config fields that make its model (`train.create_model`): model.*, half_precision."""
+    """The config fields that make its model: model.*, half_precision."""
     return ml_collections.ConfigDict({
         "model": {"arch": self.arch, "attention": self.attention, "block": self.block},
         "half_precision": self.half_precision})
@@ -127,9 +127,9 @@ def save(folder: str, name: str, variables: Mapping[str, Any], record: WeightsRe
   record_path = os.path.join(folder, name + RECORD_SUFFIX)
   payload = serialize(variables)
   os.makedirs(folder, exist_ok=True)
-  workdirs.write_atomically(weights_path(record_path), payload)
+  atomic.write_atomically(weights_path(record_path), payload)
   record = dataclasses.replace(record, sha256=hashlib.sha256(payload).hexdigest())
-  workdirs.write_atomically(record_path, record.to_json())
+  atomic.write_atomically(record_path, record.to_json())
   return record_path
 
 

@@ -1,0 +1,89 @@
+"""The data layer's one entry: `load(config.data) -> Dataset`, whatever the source.
+
+    dataset = pipeline.load(config.data)   # "loaded 50000 train + 10000 test images in 26.1 s"
+
+CIFAR-sized datasets fit in accelerator memory, so a run reads every split
+once, on the host, into `Split(images uint8 (N, H, W, 3), labels int32 (N,))`
+(`dataset`), from either
+- tensorflow-datasets by name (`tfds_datasets`: `cifar10`, `cifar100`, any
+  tfds dataset with `image`/`label` features), or
+- an image folder `root/{train,test}/<label>/*.jpg|jpeg|png`, or a
+  `.tar`/`.tar.gz` archive of one (`image_folders`), or an official
+  CIFAR-10/100 archive as downloaded (`cifar_archives`), through
+  `data.image_folder`; decoded once, then read from the cache (`cache`,
+  `data.cache_dir`).
+Every source is then checked and summarised alike (`checks`). The training
+steps augment and normalise the batches on the device (`transforms`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+from absl import logging
+
+from wacnn_jax.data import cache
+from wacnn_jax.data import checks
+from wacnn_jax.data.dataset import Dataset, DatasetError
+from wacnn_jax.data import image_folders
+from wacnn_jax.data import tfds_datasets
+
+
+def describe_source(data_config) -> str:
+  """What `data_config` reads: the image folder / archive, or the tfds name and folder."""
+  if data_config.get("image_folder"):
+    return str(data_config.image_folder)
+  data_dir = data_config.get("data_dir")
+  return f"tfds {data_config.dataset}" + (f" from {data_dir}" if data_dir else "")
+
+
+def load(data_config) -> Dataset:
+  """The dataset that `data_config` names (see `configs/default.py`), checked and summarised.
+
+  Fields read: `dataset`, `data_dir`, `image_folder`, `cifar100_labels`, `cache_dir`,
+  `download`, `train_split`, `test_split`, `max_train_examples`, `max_test_examples`,
+  `allow_missing_classes`. Whatever the source, the whole dataset is checked
+  (`checks.check_dataset`: every class in every split, one image size,
+  labels in range) and the subsets as trained on are summarised
+  (`Dataset.summary`, logged). A line says when loading starts and one when
+  it is done. In a run of several processes every process reads the whole
+  dataset.
+  """
+  folder = data_config.image_folder
+  if folder is not None and not str(folder).strip():
+    raise DatasetError(
+        "data.image_folder is set but empty (an unset shell variable?): give the "
+        "folder or archive, or leave the field out to read data.dataset through tfds.")
+  logging.info("loading %s ...", describe_source(data_config))
+  start = time.perf_counter()
+  cifar100_labels = data_config.get("cifar100_labels", "fine")
+  if folder:
+    dataset = cache.read_cached(  # decoded once, then read from data.cache_dir
+        image_folders.read_image_folder, folder,
+        splits=(data_config.train_split, data_config.test_split),
+        cache_dir=data_config.get("cache_dir"),
+        options={"cifar100_labels": cifar100_labels})
+  elif cifar100_labels != "fine":
+    raise ValueError(f"data.cifar100_labels={cifar100_labels!r} applies to the official "
+                     "CIFAR-100 archive (data.image_folder=cifar-100-python.tar.gz or "
+                     "cifar-100-binary.tar.gz); tfds datasets give their 'label'.")
+  else:
+    dataset = tfds_datasets.read_tfds(
+        data_config.dataset,
+        data_dir=data_config.data_dir,
+        splits=(data_config.train_split, data_config.test_split),
+        download=data_config.download)
+  source = os.path.expanduser(str(folder)) if folder else f"tfds:{data_config.dataset}"
+  checks.check_dataset(dataset, source, data_config.get("allow_missing_classes", False))
+  dataset = dataclasses.replace(
+      dataset,
+      train=dataset.train.subset(data_config.max_train_examples),
+      test=dataset.test.subset(data_config.max_test_examples))
+  checks.warn_of_classes_left_out(dataset)
+  summary = checks.summarize(dataset, source)
+  logging.info("%s", summary.line())
+  logging.info("loaded %d train + %d test images in %.1f s", len(dataset.train),
+               len(dataset.test), time.perf_counter() - start)
+  return dataclasses.replace(dataset, summary=summary)
