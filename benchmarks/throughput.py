@@ -70,6 +70,8 @@ import numpy as np
 
 from configs import default  # pylint: disable=wrong-import-position
 from wacnn_jax.data.dataset import Split
+from wacnn_jax.data import normalization
+from wacnn_jax.data import transforms
 from wacnn_jax.nn import wavelets
 from wacnn_jax.tools import reproduce
 from wacnn_jax.training import optim
@@ -187,10 +189,13 @@ def train_key(arch: str, attention: str, half: bool, batch: int, replicas: int =
   return f"{arch} {attention} {'bf16' if half else 'fp32'} b{batch}{seeds}"
 
 
-def train_runners(arch, attention, half, batch, num_steps, replicas=1):
+def train_runners(arch, attention, half, batch, num_steps, replicas=1, image_size=32):
   """Warmed-up `(run_train, run_eval, n_test, compile_seconds)` of the real train/eval functions.
 
-  Random uint8 data. `run_train()` does `num_steps` steps of global batch `batch`
+  Random uint8 data of `image_size` x `image_size`, augmented as the trainer
+  augments that size (`transforms.choose_augmentation`: the reference's
+  pad-crop up to 32, RandomResizedCrop above). `run_train()` does `num_steps`
+  steps of global batch `batch`
   (gather, augmentation, forward, backward, SGD) of each of `replicas` models
   (`num_seeds`, vmapped) in one dispatch (a `lax.scan` on GPU/TPU);
   `run_eval()` evaluates the padded test set of min(num_steps * batch, 10,000)
@@ -205,20 +210,24 @@ def train_runners(arch, attention, half, batch, num_steps, replicas=1):
   per_device = topology.per_device_batch(batch)
   rng = np.random.default_rng(0)
   n = max(batch * num_steps, 2 * batch)
-  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  shape = (image_size, image_size, 3)
+  images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
   labels = rng.integers(0, 10, (n,), dtype=np.int32)
   lr_fn = optim.create_learning_rate_fn(config, 1000)
   model = states.create_model(config, 10)
   state = parallel.replicate_state(
-      states.create_train_states(config, model, (32, 32, 3), lr_fn), topology)
+      states.create_train_states(config, model, shape, lr_fn), topology)
   train_images, train_labels = parallel.replicate_state((images, labels), topology)
   indices = np.stack([  # (devices, replicas, steps, per_device)
       rng.permutation(n)[:num_steps * batch].reshape(
           num_steps, topology.local_device_count, per_device).transpose(1, 0, 2)
       for _ in range(replicas)], axis=1).astype(np.int32)
-  p_train = steps.make_train_fn(config, lr_fn, topology).lower(
+  preprocessing = transforms.Preprocessing(
+      shape[:2], normalization.CIFAR,
+      transforms.choose_augmentation("auto", True, shape[:2]))
+  p_train = steps.make_train_fn(config, preprocessing, lr_fn, topology).lower(
       state, train_images, train_labels, indices).compile(
-          compiler_options=steps.compiler_options())  # as train.py compiles it
+          compiler_options=steps.compiler_options())  # as epochs.py compiles it
   holder = {"state": state}
 
   def run_train():
@@ -228,7 +237,7 @@ def train_runners(arch, attention, half, batch, num_steps, replicas=1):
 
   test = Split(images[:min(n, 10_000)], labels[:min(n, 10_000)])
   data = parallel.shard_eval_data(test, topology, batch)
-  evaluate = steps.make_eval_fn(config, 10, topology)
+  evaluate = steps.make_eval_fn(config, 10, normalization.CIFAR, topology)
   run_eval = lambda: evaluate(holder["state"], data)
   jax.block_until_ready(run_train())  # compile + warm-up
   jax.block_until_ready(run_eval())
@@ -664,6 +673,27 @@ def write_docs(path: str, block: str, section: str = "results") -> None:
     f.write(text)
 
 
+VECTOR_EXTENSIONS = ("avx512f", "avx512_bf16", "avx512_vnni", "avx2", "fma", "neon", "sve")
+
+
+def cpu_description() -> str:
+  """The CPU's model name and vector extensions, e.g. "AMD EPYC (avx512f, avx2, fma), 2
+  cores", from /proc/cpuinfo (the platform's name where there is none)."""
+  model, flags = platform.processor() or platform.machine(), set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+          model = value.strip()
+        elif key.strip() in ("flags", "Features"):
+          flags = set(value.split())
+  except OSError:
+    pass
+  extensions = [flag for flag in VECTOR_EXTENSIONS if flag in flags]
+  return (f"{model} ({', '.join(extensions) or 'no AVX2'}), {os.cpu_count()} cores")
+
+
 def machine_info() -> dict:
   device = jax.devices()[0]
   try:
@@ -675,6 +705,7 @@ def machine_info() -> dict:
   return {
       "date": datetime.date.today().isoformat(),
       "host": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+      "cpu": cpu_description(),
       "device": f"{device.platform}: {device.device_kind} x{jax.local_device_count()}",
       "jax": jax.__version__, "flax": flax.__version__, "torch": torch_version,
   }

@@ -44,7 +44,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.test_split = "test"
   config.data.max_train_examples = 0  # 0 = all; else a fixed deterministic subset
   config.data.max_test_examples = 0
-  config.data.augment = True  # pad-4 random crop + horizontal flip
+  # Images of other or mixed sizes are brought to image_size x image_size as they
+  # are decoded: resize 'crop' (aspect kept, the centre cut out: torchvision's
+  # Resize + CenterCrop) or 'pad' (aspect kept, black borders). Unset: the images
+  # must all have one size, and keep it.
+  config.data.image_size = ml_collections.config_dict.placeholder(int)
+  config.data.resize = "crop"
+  # The input's per-channel mean and std: 'auto' (the reference's CIFAR constants for
+  # CIFAR-10/100, the training images' own elsewhere), 'cifar' or 'dataset'.
+  config.data.normalization = "auto"
+  config.data.augment = True  # train augmentation on (False: none)
+  # Which: 'auto' (the reference's pad-4 random crop + flip up to 32x32,
+  # RandomResizedCrop + flip above), 'pad_crop' or 'random_resized_crop'.
+  config.data.augmentation = "auto"
   # A class without images in one split (an empty or misnamed class folder) is
   # refused; True goes on with a warning (tfds.testing.mock_data's random labels).
   config.data.allow_missing_classes = False

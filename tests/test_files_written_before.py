@@ -27,7 +27,9 @@ def test_the_checkpoint_restores_to_the_same_logits(tmp_path):
   run = restore.restore_checkpoint(config, str(workdir), dataset=pipeline.load(config.data))
   assert run.step == 4 and run.meta["epoch"] == 1
   saved = saved_logits()
-  logits = run.model.apply(run.variables, transforms.normalize(saved["images"]), train=False)
+  logits = run.model.apply(run.variables,
+                           transforms.normalize(saved["images"], run.preprocessing.normalization),
+                          train=False)
   np.testing.assert_allclose(logits, saved["checkpoint_logits"], rtol=1e-5, atol=1e-5)
 
 
@@ -35,6 +37,8 @@ def test_the_exported_weights_load_to_the_same_logits():
   net = pretrained.load(os.path.join(BEFORE, "weights", "resnet18-wa.json"))
   assert (net.record.arch, net.record.attention, net.record.epoch) == ("resnet18", "wa", 1)
   saved = saved_logits()
-  logits = net.model.apply(net.variables, transforms.normalize(saved["images"]), train=False)
+  logits = net.model.apply(net.variables,
+                           transforms.normalize(saved["images"], net.preprocessing.normalization),
+                          train=False)
   np.testing.assert_allclose(logits, saved["weights_logits"], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(saved["weights_logits"], saved["checkpoint_logits"], atol=0)

@@ -8,6 +8,7 @@
     python -m wacnn_jax visualize --pretrained NAME [--baseline_pretrained NAME0] [--out PNG]
     python -m wacnn_jax reproduce --data D [--table cifar10] [--budget S ...]
     python -m wacnn_jax export --workdir W --out DIR [--which final|best | --step N]
+    python -m wacnn_jax predict --pretrained NAME_OR_PATH IMAGE ... [--top_k 5]
 
 `run_train.py --config ... --workdir ...` is `train`. Each command is the
 module `wacnn_jax.tools.<command>`, which owns its flags and what it runs
@@ -36,6 +37,7 @@ COMMANDS = {
                  "baseline.",
     "reproduce": "Train the paper's comparison grid and write its results tables.",
     "export": "Write a run's trained weights (no optimiser state) for wacnn_jax.pretrained.load.",
+    "predict": "The top classes of image files by trained weights (a shipped name or a path).",
 }
 
 

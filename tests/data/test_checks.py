@@ -141,20 +141,47 @@ def test_odd_file_names_are_read_and_system_files_skipped(archived, tmp_path, ca
   assert len(dataset.train) == len(dataset.test) == 4
   assert np.bincount(dataset.test.labels).tolist() == [2, 2]
   # README.txt is outside the splits; the folder's __MACOSX is not read at all.
-  assert f"skipped {5 if archived else 4} hidden or system file(s)" in caplog.text
+  assert (f"skipped {5 if archived else 4} file(s) that are not images: "
+          f"{5 if archived else 4} hidden or system.") in caplog.text
 
 
-@pytest.mark.parametrize("stray", ["train/ant/notes.txt", "train/ant/more/000.jpg",
-                                   "train/000.jpg", "test/cat/image.webp"])
-def test_files_that_are_not_class_images_are_refused_by_name(stray, synthetic_folder, tmp_path):
-  """They would otherwise be left out without a word (a .webp class, a nested folder)."""
+@pytest.mark.parametrize("stray", ["train/ant/more/000.jpg", "train/000.jpg"])
+def test_images_outside_a_class_folder_are_refused_by_name(stray, synthetic_folder, tmp_path):
+  """They would otherwise be left out without a word (a nested folder, a split's own file)."""
   folder = tmp_path / "images"
   shutil.copytree(synthetic_folder, folder)
   os.makedirs(os.path.dirname(folder / stray), exist_ok=True)
   shutil.copy(folder / "train" / "ant" / "000.jpg", folder / stray)
   with pytest.raises(DatasetError,
-                     match=f"holds files that are not images of a class folder: {stray}\\."):
+                     match=f"holds images that are not in a class folder: {stray}\\."):
     image_folders.read_image_folder(str(folder))
+
+
+def test_files_that_are_not_images_are_skipped_with_a_line(synthetic_folder, tmp_path, caplog):
+  """Notes, tables and files without an extension beside the images, as people keep them."""
+  folder = tmp_path / "images"
+  shutil.copytree(synthetic_folder, folder)
+  for name in ("train/ant/notes.txt", "train/bee/labels.csv", "test/cat/notes.txt",
+               "train/ant/LICENSE", "train/.DS_Store"):
+    (folder / name).write_text("not an image")
+  caplog.set_level(logging.INFO)
+  dataset = image_folders.read_image_folder(str(folder))
+  assert (len(dataset.train), len(dataset.test)) == (18, 12)  # the images, all of them
+  assert ("skipped 5 file(s) that are not images: 1 .csv, 2 .txt, 1 hidden or system, "
+          "1 without extension.") in caplog.text
+
+
+@pytest.mark.parametrize("fmt, extension", [("WEBP", ".webp"), ("BMP", ".bmp"),
+                                            ("TIFF", ".tif"), ("GIF", ".gif")])
+def test_every_format_pillow_reads_is_an_image(fmt, extension, synthetic_folder, tmp_path):
+  folder = tmp_path / "images"
+  shutil.copytree(synthetic_folder, folder)
+  pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  Image.fromarray(pixels).save(folder / "test" / "cat" / f"extra{extension.upper()}", format=fmt)
+  dataset = image_folders.read_image_folder(str(folder))
+  assert len(dataset.test) == 13
+  if fmt in ("BMP", "TIFF"):  # lossless RGB: the pixels as saved
+    assert any(np.array_equal(pixels, x) for x in dataset.test.images)
 
 
 # ---------------------------------------------------------------------------
@@ -318,3 +345,18 @@ def test_a_subset_that_leaves_a_class_out_is_a_warning(synthetic_folder, caplog)
   assert len(dataset.test) == 2
   assert "The test subset (2 images, data.max_test_examples) has no image of" in caplog.text
   assert checks.missing_classes(dataset)["test"]
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV",
+                                  "I", "F", "LA", "PA", "RGBX", "RGBa", "La", "I;16",
+                                  "I;16B"])
+def test_every_pillow_mode_is_read_or_refused_by_name(mode):
+  """A Pillow image of any mode gives 8-bit RGB or one DatasetError naming its mode."""
+  image = Image.new(mode, (5, 4))
+  try:
+    pixels = image_folders.read_image(image)
+  except DatasetError as e:
+    assert f"mode {mode}" in str(e) and "\n" not in str(e)
+    assert mode in ("I", "F", "La")
+  else:
+    assert pixels.shape == (4, 5, 3) and pixels.dtype == np.uint8

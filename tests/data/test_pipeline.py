@@ -16,6 +16,7 @@ from tests.data import make_cifar10_mini
 from tests.helpers import write_cifar_subset
 from wacnn_jax.data.dataset import DatasetError
 from wacnn_jax.data import image_folders
+from wacnn_jax.data import normalization
 from wacnn_jax.data import pipeline
 from wacnn_jax.data import tfds_datasets
 from wacnn_jax.data import transforms
@@ -226,7 +227,7 @@ def _random_images(n=16, seed=0):
 
 def test_augment_is_a_padded_crop_or_its_mirror():
   images = _random_images()
-  out = np.asarray(transforms.augment_batch(jnp.asarray(images), jax.random.PRNGKey(1)))
+  out = np.asarray(transforms.pad_crop_flip(jnp.asarray(images), jax.random.PRNGKey(1)))
   assert out.shape == images.shape and out.dtype == np.uint8
   padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
   flips = 0
@@ -243,7 +244,7 @@ def test_augment_offsets_cover_the_padding_range():
   # Single-pixel images: the bright pixel's position reveals the crop offset.
   images = np.zeros((512, 32, 32, 3), np.uint8)
   images[:, 16, 16] = 255
-  out = np.asarray(transforms.augment_batch(jnp.asarray(images), jax.random.PRNGKey(3)))
+  out = np.asarray(transforms.pad_crop_flip(jnp.asarray(images), jax.random.PRNGKey(3)))
   ys, xs = np.nonzero(out[..., 0] == 255)[1:]
   dy = 20 - ys  # pixel at padded row 20 lands at row 20 - dy
   assert set(dy.tolist()) == set(range(9))
@@ -253,18 +254,19 @@ def test_augment_offsets_cover_the_padding_range():
 def test_augment_is_deterministic_per_key_and_differs_across_keys():
   images = jnp.asarray(_random_images())
   key = jax.random.PRNGKey(7)
-  a = transforms.augment_batch(images, key)
-  b = transforms.augment_batch(images, key)
+  a = transforms.pad_crop_flip(images, key)
+  b = transforms.pad_crop_flip(images, key)
   np.testing.assert_array_equal(a, b)
   # Per-device keys as the train step derives them (fold_in of the device index).
-  c = transforms.augment_batch(images, jax.random.fold_in(key, 1))
+  c = transforms.pad_crop_flip(images, jax.random.fold_in(key, 1))
   assert not np.array_equal(a, c)
 
 
 def test_normalize_matches_numpy():
   images = _random_images(4)
-  expected = (images / 255.0 - np.array(transforms.CIFAR_MEAN)) / np.array(
-      transforms.CIFAR_STD)
-  np.testing.assert_allclose(transforms.normalize(jnp.asarray(images)),
+  expected = (images / 255.0 - np.array(normalization.CIFAR_MEAN)) / np.array(
+      normalization.CIFAR_STD)
+  np.testing.assert_allclose(transforms.normalize(jnp.asarray(images), normalization.CIFAR),
                              expected, rtol=1e-5, atol=1e-5)
-  assert transforms.normalize(jnp.asarray(images), jnp.bfloat16).dtype == jnp.bfloat16
+  half = transforms.normalize(jnp.asarray(images), normalization.CIFAR, jnp.bfloat16)
+  assert half.dtype == jnp.bfloat16

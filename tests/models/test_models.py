@@ -593,7 +593,12 @@ def test_bad_names(kwargs, match):
 def test_registry_names():
   assert registry.arch_names() == (
       "resnet18", "resnet34", "resnet50", "resnet110", "resnet164",
-      "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "mobilenetv2")
+      "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "mobilenetv2",
+      "resnet18_imagenet", "resnet34_imagenet", "resnet50_imagenet", "mobilenetv2_imagenet")
+  assert {name: registry.backbone(name).layout for name in registry.arch_names()
+          if name.endswith("_imagenet")} == dict.fromkeys(
+              ("resnet18_imagenet", "resnet34_imagenet", "resnet50_imagenet",
+               "mobilenetv2_imagenet"), "imagenet")
   assert attention_spec.attention_names() == ATTENTIONS
   assert tuple(resnet.BLOCKS) == ("basic", "bottleneck")
   assert attention_spec.WA_STAGES == ("reference", "all")
@@ -652,3 +657,15 @@ def test_a_registered_backbone_is_created_by_name(monkeypatch):
     models.create_model("resnet_tiny", num_classes=10, block="basic")
   with pytest.raises(ValueError, match="'resnet_tiny' is already registered"):
     registry.register_backbone("resnet_tiny")(build)
+
+
+@pytest.mark.parametrize("arch", registry.arch_names())
+def test_parameter_count_does_not_depend_on_the_image_size(arch):
+  """Every backbone's classifier sees pooled features: the same parameters at 32x32 and 64x64
+  (with WA, and for the ResNets' Bottleneck variants too)."""
+  blocks = [None] + (["bottleneck"] if arch in resnet.BOTTLENECK_DEPTHS else [])
+  for block in blocks:
+    model = models.create_model(arch, num_classes=10, attention="wa", block=block)
+    counts = {size: _count(jax.eval_shape(model.init, KEY, jnp.zeros((1, size, size, 3)))
+                           ["params"]) for size in (32, 64)}
+    assert counts[32] == counts[64], (arch, block, counts)

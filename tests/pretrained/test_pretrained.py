@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import copy_run
 from wacnn_jax import cli
+from wacnn_jax.data import normalization
 from wacnn_jax.data import transforms
 from wacnn_jax import pretrained
 from wacnn_jax.tools import grid_runs
@@ -51,7 +52,8 @@ def final_checkpoint(smoke_wa_run, mini_test_split):
   """The WA smoke run's last checkpoint restored, and its logits of the test images."""
   final = max(checkpointing.Checkpointer(smoke_wa_run.workdir, create=False).all_steps())
   run = restore.restore_checkpoint(smoke_wa_run.config, smoke_wa_run.workdir, step=final)
-  return run, run.model.apply(run.variables, transforms.normalize(mini_test_split.images),
+  return run, run.model.apply(run.variables, transforms.normalize(mini_test_split.images,
+                                                           normalization.CIFAR),
                               train=False)
 
 
@@ -71,7 +73,9 @@ def test_export_writes_the_record_and_a_table(exported, smoke_wa_run, smoke_base
     params = json.load(f)["params"]
   assert (record.arch, record.attention, record.block, record.half_precision) == (
       "resnet18", "wa", None, False)
-  assert (record.dataset, record.data_source) == ("cifar10", "cifar10-mini.tar.gz")
+  assert (record.dataset, record.data_source) == ("cifar10-mini",
+                                                  smoke_wa_run.config.data.image_folder)
+  assert record.preprocessing["normalization"]["source"] == "cifar"
   assert record.class_names[:2] == ("airplane", "automobile") and record.num_classes == 10
   assert record.image_shape == (32, 32, 3)
   assert (record.seed, record.checkpoint, record.step, record.epoch) == (0, "final", max(steps), 2)
@@ -90,7 +94,7 @@ def test_export_writes_the_record_and_a_table(exported, smoke_wa_run, smoke_base
       smoke_baseline_run.workdir, create=False).best_step()
   assert best.attention == "none" and best.test_top1 == best.test_top1_best
   table = open(os.path.join(exported, "README.md")).read()
-  assert f"| resnet18-wa | resnet18 | wa | cifar10 (cifar10-mini.tar.gz) | " \
+  assert f"| resnet18-wa | resnet18 | wa | cifar10-mini (cifar10-mini.tar.gz) | " \
          f"{100 * record.test_top1:.2f} |" in table
   assert "--config.model.attention=none" in table and "--config.num_epochs=2" in table
 
@@ -101,7 +105,8 @@ def test_load_gives_the_checkpoint_exactly(exported, final_checkpoint, mini_test
   assert net.name == "resnet18-wa" and net.record.step == run.step
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(net.variables), run.variables)
   np.testing.assert_array_equal(
-      net.model.apply(net.variables, transforms.normalize(mini_test_split.images), train=False),
+      net.model.apply(net.variables, transforms.normalize(mini_test_split.images,
+                                                          normalization.CIFAR), train=False),
       logits)
 
 

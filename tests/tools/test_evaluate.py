@@ -137,7 +137,8 @@ def test_heavy_noise_lowers_accuracy_or_changes_predictions(evaluated_wa_run):
     return
   restored = restore.restore_checkpoint(run.config, run.workdir)
   evaluator = evaluate.Evaluator(run.config, restored.state, restored.dataset.test,
-                                 restored.dataset.num_classes)
+                                 restored.dataset.num_classes,
+                                 restored.preprocessing.normalization)
   [corrupted] = evaluator(corruptions.corruption("gaussian", 0.5))
   assert corrupted["confusion"] != result["confusion"]
 
@@ -189,7 +190,8 @@ def test_restored_state_matches_the_training_result(smoke_wa_run):
       smoke_wa_run.workdir, create=False).best_step()
   assert restored.dataset.class_names[0] == "airplane"
   logits = restored.model.apply(
-      restored.variables, transforms.normalize(restored.dataset.test.images[:8]),
+      restored.variables, transforms.normalize(restored.dataset.test.images[:8],
+                           restored.preprocessing.normalization),
       train=False)
   assert logits.shape == (8, 10) and np.isfinite(np.asarray(logits)).all()
   assert isinstance(restored.state, steps.TrainState)

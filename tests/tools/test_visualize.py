@@ -9,6 +9,7 @@ import pytest
 import pywt
 
 from wacnn_jax import cli
+from wacnn_jax.data import normalization
 from wacnn_jax.data import pipeline
 from wacnn_jax.data import transforms
 from wacnn_jax import models
@@ -68,7 +69,8 @@ def test_sown_maps_are_the_wa_block(restored, images):
   wa, _ = restored
   pixels, _ = images
   previous = "stage1_block2"  # the WA block's input
-  acts = intermediates.activations(wa.model, wa.variables, pixels, [previous, LAYER])
+  acts = intermediates.activations(wa.model, wa.variables, pixels, [previous, LAYER],
+                                  normalization=normalization.CIFAR)
   maps = acts.wa[BLOCK]
   assert maps["attention"].shape == maps["ll"].shape == maps["out"].shape == (3, 16, 16, 16)
   np.testing.assert_allclose(maps["attention"].sum(-1), 1, rtol=1e-5)
@@ -80,18 +82,21 @@ def test_sown_maps_are_the_wa_block(restored, images):
   e = np.exp(ch + cv - (ch + cv).max(-1, keepdims=True))
   np.testing.assert_allclose(maps["attention"], e / e.sum(-1, keepdims=True), atol=1e-5)
   assert acts.features[LAYER].shape == (3, 16, 16, 32)
-  logits = wa.model.apply(wa.variables, transforms.normalize(pixels), train=False)
+  logits = wa.model.apply(wa.variables, transforms.normalize(pixels, normalization.CIFAR),
+                          train=False)
   np.testing.assert_allclose(acts.logits, logits, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="no layer"):
-    intermediates.activations(wa.model, wa.variables, pixels, ["stage9/conv"])
+    intermediates.activations(wa.model, wa.variables, pixels, ["stage9/conv"],
+                              normalization=normalization.CIFAR)
 
 
 def test_attention_figure_next_to_the_baseline(restored, images):
   wa, baseline = restored
   pixels, labels = images
   [(block, fig)] = visualize.attention_figures(
-      wa.model, wa.variables, pixels, baseline=(baseline.model, baseline.variables),
-      labels=labels, class_names=wa.dataset.class_names)
+      wa.model, wa.variables, pixels, normalization=normalization.CIFAR,
+      baseline=(baseline.model, baseline.variables), labels=labels,
+      class_names=wa.dataset.class_names)
   assert block == BLOCK
   assert len(fig.axes) == 3 * 7
   assert titles(fig)[:7] == ["input", "LL", "attention (max over C)", "LL x attention",
@@ -101,7 +106,8 @@ def test_attention_figure_next_to_the_baseline(restored, images):
   assert "baseline:" in fig.axes[0].get_ylabel()
   assert fig.get_suptitle() == f"Wavelet attention at {BLOCK}"
 
-  acts = intermediates.activations(wa.model, wa.variables, pixels)
+  acts = intermediates.activations(wa.model, wa.variables, pixels,
+                                  normalization=normalization.CIFAR)
   fig = figures.attention_figure(acts, BLOCK)  # the WA block alone
   assert len(fig.axes) == 3 * 5
 
@@ -109,7 +115,8 @@ def test_attention_figure_next_to_the_baseline(restored, images):
 def test_feature_figures(restored, images, tmp_path):
   wa, baseline = restored
   pixels, labels = images
-  runs = {name: intermediates.activations(r.model, r.variables, pixels, [LAYER])
+  runs = {name: intermediates.activations(r.model, r.variables, pixels, [LAYER],
+                                               normalization=normalization.CIFAR)
           for name, r in (("WA", wa), ("baseline", baseline))}
   fig = figures.feature_maps_figure(pixels, [LAYER], runs, labels=labels,
                                       class_names=wa.dataset.class_names)
@@ -123,7 +130,7 @@ def test_feature_figures(restored, images, tmp_path):
 
   written = visualize.save_model_figures(
       baseline.model, baseline.variables, pixels, labels, wa.dataset.class_names,
-      str(tmp_path), baseline_layers=[LAYER])
+      str(tmp_path), normalization=normalization.CIFAR, baseline_layers=[LAYER])
   assert written == [os.path.join(str(tmp_path), "feature_maps.png")]
   with Image.open(written[0]) as image:
     assert image.size == (400, 3 * 160 + 50)  # 2 panels of 1.6", at least 4" wide

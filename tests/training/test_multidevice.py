@@ -14,6 +14,8 @@ SCRIPT = textwrap.dedent(r"""
     from flax import jax_utils
     from configs import cifar
     from wacnn_jax.data import dataset
+    from wacnn_jax.data import normalization
+    from wacnn_jax.data import transforms
     from wacnn_jax.training import optim
     from wacnn_jax.training import parallel
     from wacnn_jax.training import states
@@ -21,7 +23,8 @@ SCRIPT = textwrap.dedent(r"""
 
     assert jax.local_device_count() == 8, jax.devices()
     config = cifar.get_config("smoke")
-    config.data.augment = False  # the same images on both sides
+    # No augmentation: the same images on both sides.
+    preprocessing = transforms.Preprocessing((32, 32), normalization.CIFAR, "none")
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, (64,), dtype=np.int32)
@@ -34,7 +37,7 @@ SCRIPT = textwrap.dedent(r"""
         model = states.create_model(config, 10)
         lr = optim.create_learning_rate_fn(config, 4)
         state = states.create_train_states(config, model, (32, 32, 3), lr)
-        p_train = steps.make_train_fn(config, lr, topology)
+        p_train = steps.make_train_fn(config, preprocessing, lr, topology)
         indices = np.broadcast_to(  # (devices, R, steps, b): the same batch for every replica
             np.arange(global_batch, dtype=np.int32).reshape(len(devices), 1, 1, per_device),
             (len(devices), num_seeds, 1, per_device))
@@ -71,7 +74,8 @@ SCRIPT = textwrap.dedent(r"""
     topology = parallel.Topology.current()
     split = dataset.Split(images[:37], labels[:37])
     data = parallel.shard_eval_data(split, topology, 12)
-    totals = steps.make_eval_fn(config, 10, topology)(jax_utils.replicate(multi), data)
+    totals = steps.make_eval_fn(config, 10, normalization.CIFAR, topology)(
+        jax_utils.replicate(multi), data)
     results = steps.summarize_eval(parallel.unreplicate(totals))
     assert [r["count"] for r in results] == [37, 37], results
     print("CROSS_REPLICA_OK")

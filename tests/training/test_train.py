@@ -162,7 +162,8 @@ def test_evaluation_agrees_with_a_direct_forward_pass(smoke_wa_run):
   dataset = pipeline.load(config.data)
   topology = parallel.Topology.current()
   data = parallel.shard_eval_data(dataset.test, topology, 48)  # 256 = 5 batches + 16
-  p_eval = steps.make_eval_fn(config, dataset.num_classes, topology)
+  p_eval = steps.make_eval_fn(config, dataset.num_classes, dataset.preprocessing.normalization,
+                               topology)
   from flax import jax_utils
   totals = p_eval(jax_utils.replicate(state), data)
   [result] = steps.summarize_eval(parallel.unreplicate(totals))
@@ -170,7 +171,8 @@ def test_evaluation_agrees_with_a_direct_forward_pass(smoke_wa_run):
   state = steps.replica(state, 0)
   logits = np.asarray(model.apply(
       {"params": state.params, "batch_stats": state.batch_stats},
-      transforms.normalize(jnp.asarray(dataset.test.images)), train=False))
+      transforms.normalize(jnp.asarray(dataset.test.images),
+                           dataset.preprocessing.normalization), train=False))
   predictions = logits.argmax(-1)
   assert result["count"] == len(dataset.test)
   assert result["accuracy"] == pytest.approx((predictions == dataset.test.labels).mean())

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 from absl import logging
 import numpy as np
@@ -54,6 +54,7 @@ class DatasetSummary:
   image_shape: tuple[int, int, int]  # (H, W, C)
   splits: dict[str, SplitSummary]  # "train", "test"
   decoder: str  # the image decoder, e.g. "Pillow 12.0.0"
+  preprocessing: Any = None  # transforms.Preprocessing: normalisation and augmentation
 
   def line(self) -> str:
     """The summary in one log line (checksums shortened to 16 hex digits)."""
@@ -62,8 +63,14 @@ class DatasetSummary:
         f"sha256 {s.sha256[:16]})" for split, s in self.splits.items())
     source = f"{self.source}" + (f", file sha256 {self.source_sha256[:16]}"
                                  if self.source_sha256 else "")
+    normalised = ""
+    if self.preprocessing is not None:
+      norm = self.preprocessing.normalization
+      by = ("the reference's CIFAR mean and std" if norm.source == "cifar" else
+            f"the training images' mean {_triple(norm.mean)} and std {_triple(norm.std)}")
+      normalised = f"; normalised by {by}; train augmentation {self.preprocessing.augmentation}"
     return (f"dataset {self.name} ({source}): {len(self.class_names)} classes, "
-            f"{'x'.join(map(str, self.image_shape))} images; {splits}")
+            f"{'x'.join(map(str, self.image_shape))} images; {splits}{normalised}")
 
   def to_json(self) -> dict:
     """Full checksums and the count of every class in every split."""
@@ -74,6 +81,7 @@ class DatasetSummary:
         "splits": {split: {"examples": s.examples, "sha256": s.sha256,
                            "per_class": dict(zip(self.class_names, s.per_class))}
                    for split, s in self.splits.items()},
+        "preprocessing": None if self.preprocessing is None else self.preprocessing.to_json(),
     }
 
 
@@ -98,7 +106,8 @@ def check_dataset(dataset, where: str, allow_missing_classes: bool = False) -> N
         f"the splits of {where} have images of different sizes ("
         + ", ".join(f"{split} {'x'.join(map(str, s[:2]))}" for split, s in shapes.items())
         + "): a model trained on one size and evaluated on another reports chance accuracy. "
-        "Resize every split to one size (32x32 for the CIFAR models).")
+        "Set data.image_size (e.g. --config.data.image_size=64) to bring every image to one "
+        "size.")
   missing = missing_classes(dataset)
   if not missing:
     return
@@ -154,7 +163,11 @@ def file_sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def summarize(dataset, source: str) -> DatasetSummary:
+def _triple(values) -> str:
+  return "(" + ", ".join(f"{v:.4f}" for v in values) + ")"
+
+
+def summarize(dataset, source: str, preprocessing=None) -> DatasetSummary:
   """The `DatasetSummary` of `dataset`; `source` is data.image_folder or "tfds:<name>"."""
   return DatasetSummary(
       name=dataset.name, source=source,
@@ -166,4 +179,4 @@ def summarize(dataset, source: str) -> DatasetSummary:
                                                        minlength=dataset.num_classes)),
           sha256=content_sha256(data.images, data.labels))
               for split, data in (("train", dataset.train), ("test", dataset.test))},
-      decoder=f"Pillow {PIL.__version__}")
+      decoder=f"Pillow {PIL.__version__}", preprocessing=preprocessing)

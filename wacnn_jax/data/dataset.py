@@ -54,6 +54,7 @@ class Dataset:
   test: Split
   class_names: tuple[str, ...]
   summary: Any = None  # checks.DatasetSummary, as `pipeline.load` returns it
+  preprocessing: Any = None  # transforms.Preprocessing, as `pipeline.load` returns it
 
   @property
   def num_classes(self) -> int:

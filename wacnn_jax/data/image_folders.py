@@ -27,10 +27,12 @@ import PIL
 from PIL import Image
 
 from wacnn_jax.data import cifar_archives
+from wacnn_jax.data import resizing
 from wacnn_jax.data.dataset import Dataset, DatasetError, Split
 from wacnn_jax.data import tar_archives
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # in any case
+# What Pillow decodes; any case. Other files in a split folder are skipped (and counted).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Skipped wherever they are in an image folder (and counted in the log): hidden
 # files and folders (".DS_Store", macOS's "._<name>" AppleDouble files), the
 # "__MACOSX" folder of archives made on a Mac, Windows' Thumbs.db and desktop.ini.
@@ -58,34 +60,37 @@ def _is_system_file(parts: Sequence[str]) -> bool:
 def _layout(paths: Iterable[str], splits: Sequence[str], where: str) -> list[_ImageFile]:
   """The images of `splits` among the files `paths` ('/'-separated, relative to the root).
 
-  An image is `[<top>/]<split>/<label>/<name>.jpg|jpeg|png` (extension in any
-  case). Files outside the split folders are ignored and system files
-  skipped (counted in the log); any other file inside a split folder is
-  refused (DatasetError naming it): a run must not train on fewer images
-  than the folder holds.
+  An image is `[<top>/]<split>/<label>/<name>` with an IMAGE_EXTENSIONS
+  extension (any case). Files outside the split folders are ignored; hidden
+  and system files and files that are not images (by their extension: notes,
+  CSV files, ...) are skipped, with a line that counts them by kind. An image
+  that is not in a class folder is refused (DatasetError naming it): a run
+  must not train on fewer images than the folder holds.
   """
-  images, strays, skipped = [], [], 0
+  images, misplaced = [], []
+  skipped = collections.Counter()
   for path in paths:
     parts = [part for part in path.split("/") if part not in ("", ".")]
     if not any(part in splits for part in parts[:-1]):
       continue  # outside the split folders: README, another split, ...
+    extension = os.path.splitext(parts[-1])[1].lower()
     if _is_system_file(parts):
-      skipped += 1
-    elif (len(parts) >= 3 and parts[-3] in splits
-          and os.path.splitext(parts[-1])[1].lower() in IMAGE_EXTENSIONS):
+      skipped["hidden or system"] += 1
+    elif extension not in IMAGE_EXTENSIONS:
+      skipped[extension or "without extension"] += 1
+    elif len(parts) >= 3 and parts[-3] in splits:
       images.append(_ImageFile(parts[-3], unicodedata.normalize("NFC", parts[-2]), path))
     else:
-      strays.append(path)
-  if strays:
-    more = f" (and {len(strays) - 1} more)" if len(strays) > 1 else ""
+      misplaced.append(path)
+  if misplaced:
+    more = f" (and {len(misplaced) - 1} more)" if len(misplaced) > 1 else ""
     raise DatasetError(
-        f"{where} holds files that are not images of a class folder: {strays[0]}{more}. "
-        f"Only <split>/<class>/<name>{'|'.join(IMAGE_EXTENSIONS)} files are read (any "
-        "case; hidden files, __MACOSX, Thumbs.db and desktop.ini are skipped): move the "
-        "others out of the split folders, or convert them to JPEG or PNG.")
+        f"{where} holds images that are not in a class folder: {misplaced[0]}{more}. Images "
+        "are read from <split>/<class>/<name>: move each into the folder of its class.")
   if skipped:
-    logging.info("%s: skipped %d hidden or system file(s) (.DS_Store, ._*, __MACOSX, "
-                 "Thumbs.db, desktop.ini).", where, skipped)
+    logging.info("%s: skipped %d file(s) that are not images: %s.", where,
+                 sum(skipped.values()), ", ".join(f"{n} {kind}" for kind, n in
+                                                 sorted(skipped.items())))
   return images
 
 
@@ -121,7 +126,10 @@ def _to_rgb(image: Image.Image) -> np.ndarray | str:
   if image.mode in ("I", "F"):
     return (f"mode {image.mode} ({'32-bit integer' if image.mode == 'I' else 'floating-point'}"
             " pixels) has no fixed range; save it as 8-bit (or 16-bit PNG) RGB or gray")
-  return np.asarray(image.convert("RGB"), dtype=np.uint8)
+  try:
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+  except ValueError as e:  # a mode Pillow cannot convert (La, ...)
+    return f"mode {image.mode} cannot be converted to RGB ({e}); save it as RGB or gray"
 
 
 def _source_mode(image: Image.Image) -> str:
@@ -131,7 +139,8 @@ def _source_mode(image: Image.Image) -> str:
 
 
 def _decode_image(content: bytes | str) -> tuple[np.ndarray, str] | str:
-  """(uint8 (H, W, 3) pixels, source mode), or why `content` (bytes, or a read error) is refused."""
+  """(uint8 (H, W, 3) pixels, source mode), or why `content` (bytes, or a read error) is
+  refused."""
   if isinstance(content, str):
     return content
   if not content:
@@ -147,17 +156,40 @@ def _decode_image(content: bytes | str) -> tuple[np.ndarray, str] | str:
     return f"{type(e).__name__}: {e}"
 
 
+def read_image(source) -> np.ndarray:
+  """uint8 (H, W, 3) pixels of one image: a file's path, or a Pillow image, converted to 8-bit
+  RGB as the folders' images are (`_to_rgb`); DatasetError naming it otherwise."""
+  if isinstance(source, Image.Image):
+    pixels = _to_rgb(source)
+    if isinstance(pixels, str):
+      raise DatasetError(f"the image cannot be read: {pixels}.")
+    return pixels
+  decoded = _decode_image(_read_file(os.fspath(source)))
+  if isinstance(decoded, str):
+    raise DatasetError(f"cannot read the image {os.fspath(source)}: {decoded}.")
+  return decoded[0]
+
+
 def _stack_splits(images: Sequence[_ImageFile], contents: Sequence[bytes | str],
-                  splits: Sequence[str], class_names: Sequence[str],
-                  where: str) -> dict[str, Split]:
-  """Decodes the images (file bytes, or why they could not be read) into {split: Split}.
+                  splits: Sequence[str], class_names: Sequence[str], where: str,
+                  size: tuple[int, int] | None = None, resize: str = "crop") -> dict[str, Split]:
+  """Decodes the images (file bytes, or why they could not be read) into {split: Split},
+  each brought to `size` when given.
 
   Raises DatasetError naming the first file (in split order) that does not
-  read or decode, and counting the others; logs the modes converted to RGB.
+  read or decode, and counting the others, and for a split of mixed sizes
+  without `size`; logs the modes converted to RGB.
   """
   class_index = {c: i for i, c in enumerate(class_names)}
+
+  def decode(content):  # in the pool's threads: decoded, then brought to `size`
+    decoded = _decode_image(content)
+    if size is None or isinstance(decoded, str):
+      return decoded
+    return resizing.resize(decoded[0], size, resize), decoded[1]
+
   with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-    decoded = list(pool.map(_decode_image, contents))
+    decoded = list(pool.map(decode, contents))
   order = {split: i for i, split in enumerate(splits)}
   bad = sorted(((order[image.split], image.path, reason)
                 for image, reason in zip(images, decoded) if isinstance(reason, str)))
@@ -173,21 +205,22 @@ def _stack_splits(images: Sequence[_ImageFile], contents: Sequence[bytes | str],
         f"{' (high byte)' if mode.endswith('16-bit') else ''}"
         for mode, n in sorted(modes.items())))
   result = {}
-  for split in splits:
+  for split in dict.fromkeys(splits):
     rows = [(image, pixels) for image, (pixels, _) in zip(images, decoded)
             if image.split == split]
-    shapes = sorted({pixels.shape for _, pixels in rows})
-    if len(shapes) != 1:
+    if len({pixels.shape for _, pixels in rows}) != 1:
       raise DatasetError(
-          f"images of split {split!r} in {where} have different sizes "
-          f"{shapes[:4]}; resize them all to one size (32x32 for the "
-          "CIFAR models) first.")
+          f"the images of split {split!r} in {where} have different sizes: "
+          f"{resizing.describe_sizes([i.path for i, _ in rows], [p.shape for _, p in rows])}. "
+          "Set data.image_size (e.g. --config.data.image_size=64) to resize them all to one "
+          "size (aspect kept, the centre cut out; data.resize='pad' pads instead).")
     result[split] = Split(np.stack([pixels for _, pixels in rows]),
                           np.array([class_index[image.label] for image, _ in rows], np.int32))
   return result
 
 
-def read_image_folder(path: str, splits=("train", "test"), cifar100_labels: str = "fine"
+def read_image_folder(path: str, splits=("train", "test"), cifar100_labels: str = "fine",
+                      image_size: tuple[int, int] | None = None, resize: str = "crop"
                       ) -> Dataset:
   """Reads `path/<split>/<label>/<file>` (or an archive holding one such root), or an
   official CIFAR archive (`cifar_archives`, recognised by its content).
@@ -196,7 +229,10 @@ def read_image_folder(path: str, splits=("train", "test"), cifar100_labels: str 
   ImageFolder assigns them); each split holds its images by label, then in
   sorted order of their paths, so the result is deterministic. See `_layout`
   for which files are read. `cifar100_labels`: 'fine' or 'coarse' (official
-  CIFAR-100 archives only).
+  CIFAR-100 archives only). `image_size` (height, width): every image is
+  brought to it (`resizing`, `resize` 'crop' or 'pad'); None: the images
+  must all have one size. The same split may be given twice (train and test
+  both from "test"): it is read once.
   """
   path = os.path.expanduser(str(path))
   if not os.path.exists(path):
@@ -206,13 +242,13 @@ def read_image_folder(path: str, splits=("train", "test"), cifar100_labels: str 
         f"archive such as cifar-10-python.tar.gz ({cifar_archives.DOWNLOAD_PAGE}).")
   cifar = cifar_archives.detect(path)
   if cifar is not None:
-    return _read_cifar_archive(path, cifar, splits, cifar100_labels)
+    return resized(_read_cifar_archive(path, cifar, splits, cifar100_labels), image_size, resize)
   if cifar100_labels != "fine":
     raise ValueError(f"data.cifar100_labels={cifar100_labels!r} applies to the official "
                      f"CIFAR-100 archive; {path} is an image folder.")
   if os.path.isdir(path):
     files = []
-    for split in splits:
+    for split in dict.fromkeys(splits):
       for folder, _, names in os.walk(os.path.join(path, split), followlinks=True):
         relative = os.path.relpath(folder, path).replace(os.sep, "/")
         files += [f"{relative}/{name}" for name in names]
@@ -227,7 +263,7 @@ def read_image_folder(path: str, splits=("train", "test"), cifar100_labels: str 
         f"data.image_folder={path!r} is neither a folder nor a "
         f"{'/'.join(_ARCHIVE_SUFFIXES)} archive.")
   class_names = _check_splits(images, splits, path)
-  result = _stack_splits(images, contents, splits, class_names, path)
+  result = _stack_splits(images, contents, splits, class_names, path, image_size, resize)
   name = os.path.basename(path.rstrip("/"))
   for suffix in _ARCHIVE_SUFFIXES:  # an archive and its extracted folder: one name
     name = name.removesuffix(suffix)
@@ -250,13 +286,26 @@ def _read_file(path: str) -> bytes | str:
 
 
 def _read_cifar_archive(path: str, layout, splits, labels: str) -> Dataset:
-  """An official CIFAR archive (`cifar_archives`) as a Dataset of its train and test splits."""
-  if tuple(splits) != ("train", "test"):
+  """An official CIFAR archive (`cifar_archives`) as a Dataset of the `splits` (each 'train'
+  or 'test')."""
+  if not set(splits) <= {"train", "test"}:
     raise DatasetError(f"{path} is {layout.name}, whose splits are train and test; leave "
                        f"data.train_split/test_split at train/test (not {list(splits)}).")
   try:
     cifar = cifar_archives.read_cifar_archive(path, labels, layout)
   except cifar_archives.CifarArchiveError as e:
     raise DatasetError(str(e)) from e
-  return Dataset(name=cifar.name, train=Split(cifar.train_images, cifar.train_labels),
-                 test=Split(cifar.test_images, cifar.test_labels), class_names=cifar.class_names)
+  split = {"train": Split(cifar.train_images, cifar.train_labels),
+           "test": Split(cifar.test_images, cifar.test_labels)}
+  return Dataset(name=cifar.name, train=split[splits[0]], test=split[splits[1]],
+                 class_names=cifar.class_names)
+
+
+def resized(dataset: Dataset, size: tuple[int, int] | None, resize: str = "crop") -> Dataset:
+  """`dataset` with every image brought to `size` (`resizing.resize`; as it is for None or
+  its own size)."""
+  if size is None or dataset.image_shape[:2] == tuple(size):
+    return dataset
+  split = lambda s: Split(np.stack([resizing.resize(image, size, resize) for image in s.images]),
+                          s.labels)
+  return dataclasses.replace(dataset, train=split(dataset.train), test=split(dataset.test))

@@ -28,7 +28,10 @@ from wacnn_jax.data import cache
 from wacnn_jax.data import checks
 from wacnn_jax.data.dataset import Dataset, DatasetError
 from wacnn_jax.data import image_folders
+from wacnn_jax.data import normalization
+from wacnn_jax.data import resizing
 from wacnn_jax.data import tfds_datasets
+from wacnn_jax.data import transforms
 
 
 def describe_source(data_config) -> str:
@@ -44,27 +47,35 @@ def load(data_config) -> Dataset:
 
   Fields read: `dataset`, `data_dir`, `image_folder`, `cifar100_labels`, `cache_dir`,
   `download`, `train_split`, `test_split`, `max_train_examples`, `max_test_examples`,
-  `allow_missing_classes`. Whatever the source, the whole dataset is checked
+  `allow_missing_classes`, `image_size`, `resize`, `normalization`, `augment`,
+  `augmentation`. Whatever the source, the whole dataset is checked
   (`checks.check_dataset`: every class in every split, one image size,
-  labels in range) and the subsets as trained on are summarised
-  (`Dataset.summary`, logged). A line says when loading starts and one when
-  it is done. In a run of several processes every process reads the whole
-  dataset.
+  labels in range), and the subsets as trained on are summarised
+  (`Dataset.summary`, logged) and given their `Dataset.preprocessing` (the
+  image size, the normalisation, of the training images' own statistics
+  where they are not CIFAR's, and the train augmentation). A line says when
+  loading starts and one when it is done. In a run of several processes
+  every process reads the whole dataset.
   """
   folder = data_config.image_folder
   if folder is not None and not str(folder).strip():
     raise DatasetError(
         "data.image_folder is set but empty (an unset shell variable?): give the "
         "folder or archive, or leave the field out to read data.dataset through tfds.")
+  size = resizing.target_size(data_config.get("image_size"))
+  resize = data_config.get("resize", "crop")
+  resizing.check_mode(resize)
   logging.info("loading %s ...", describe_source(data_config))
   start = time.perf_counter()
   cifar100_labels = data_config.get("cifar100_labels", "fine")
   if folder:
+    options = {"cifar100_labels": cifar100_labels}
+    if size is not None:  # (not in the options, and so the cache key, of unresized data)
+      options.update(image_size=size, resize=resize)
     dataset = cache.read_cached(  # decoded once, then read from data.cache_dir
         image_folders.read_image_folder, folder,
         splits=(data_config.train_split, data_config.test_split),
-        cache_dir=data_config.get("cache_dir"),
-        options={"cifar100_labels": cifar100_labels})
+        cache_dir=data_config.get("cache_dir"), options=options)
   elif cifar100_labels != "fine":
     raise ValueError(f"data.cifar100_labels={cifar100_labels!r} applies to the official "
                      "CIFAR-100 archive (data.image_folder=cifar-100-python.tar.gz or "
@@ -74,7 +85,7 @@ def load(data_config) -> Dataset:
         data_config.dataset,
         data_dir=data_config.data_dir,
         splits=(data_config.train_split, data_config.test_split),
-        download=data_config.download)
+        download=data_config.download, image_size=size, resize=resize)
   source = os.path.expanduser(str(folder)) if folder else f"tfds:{data_config.dataset}"
   checks.check_dataset(dataset, source, data_config.get("allow_missing_classes", False))
   dataset = dataclasses.replace(
@@ -82,8 +93,14 @@ def load(data_config) -> Dataset:
       train=dataset.train.subset(data_config.max_train_examples),
       test=dataset.test.subset(data_config.max_test_examples))
   checks.warn_of_classes_left_out(dataset)
-  summary = checks.summarize(dataset, source)
+  preprocessing = transforms.Preprocessing(
+      tuple(dataset.image_shape[:2]),
+      normalization.choose(data_config.get("normalization", "auto"), dataset),
+      transforms.choose_augmentation(data_config.get("augmentation", "auto"),
+                                     data_config.get("augment", True), dataset.image_shape[:2]),
+      resize)
+  summary = checks.summarize(dataset, source, preprocessing)
   logging.info("%s", summary.line())
   logging.info("loaded %d train + %d test images in %.1f s", len(dataset.train),
                len(dataset.test), time.perf_counter() - start)
-  return dataclasses.replace(dataset, summary=summary)
+  return dataclasses.replace(dataset, summary=summary, preprocessing=preprocessing)

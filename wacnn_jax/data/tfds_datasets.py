@@ -13,6 +13,7 @@ from typing import Iterable
 import numpy as np
 
 from wacnn_jax.data import cifar_archives
+from wacnn_jax.data import resizing
 from wacnn_jax.data.dataset import Dataset, DatasetError, Split
 
 
@@ -37,35 +38,42 @@ def _offline_hint(name: str) -> str:
       "~/tensorflow_datasets of a machine with network).")
 
 
-def _split_from_examples(examples: Iterable[dict]) -> Split:
+def _rgb(image: np.ndarray) -> np.ndarray:
+  """uint8 (H, W, 3) of a tfds image (H, W), (H, W, 1) or (H, W, 3)."""
+  if image.dtype != np.uint8:  # a cast would wrap 16-bit values around
+    raise DatasetError(f"the dataset's images are {image.dtype}, not uint8; wacnn_jax "
+                       "trains on 8-bit images.")
+  if image.ndim == 2:  # grayscale datasets (mnist-like) have no channel axis
+    image = image[..., None]
+  return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+
+def _split_from_examples(examples: Iterable[dict], size: tuple[int, int] | None = None,
+                         resize: str = "crop") -> Split:
+  """The examples' images (brought to `size` when given) and labels."""
   images, labels = [], []
   for example in examples:
-    image = np.asarray(example["image"])
-    if image.dtype != np.uint8:  # a cast would wrap 16-bit values around
-      raise DatasetError(f"the dataset's images are {image.dtype}, not uint8; wacnn_jax "
-                         "trains on 8-bit images.")
-    images.append(image)
+    image = _rgb(np.asarray(example["image"]))
+    images.append(image if size is None else resizing.resize(image, size, resize))
     labels.append(np.asarray(example["label"]))
   if len({image.shape for image in images}) > 1:
+    names = [f"example {k}" for k in range(len(images))]
     raise DatasetError(
-        f"the dataset's images have different shapes {sorted({i.shape for i in images})[:4]}; "
-        "resize them all to one size (32x32 for the CIFAR models) first.")
-  images = np.stack(images)
-  if images.ndim == 3:  # grayscale datasets (mnist-like) have no channel axis
-    images = images[..., None]
-  if images.shape[-1] == 1:
-    images = np.repeat(images, 3, axis=-1)
-  return Split(images, np.asarray(labels, np.int32).reshape(-1))
+        f"the dataset's images have different sizes: "
+        f"{resizing.describe_sizes(names, [i.shape for i in images])}. Set data.image_size "
+        "(e.g. --config.data.image_size=64) to resize them all to one size.")
+  return Split(np.stack(images), np.asarray(labels, np.int32).reshape(-1))
 
 
-def _read_tfds_split(builder, split: str) -> Split:
+def _read_tfds_split(builder, split: str, size: tuple[int, int] | None = None,
+                     resize: str = "crop") -> Split:
   """Reads one split: array_record via `as_data_source` (no TensorFlow), else tf.data."""
   try:
     source = builder.as_data_source(split=split)
   except NotImplementedError:
     source = None  # stored as tfrecord: only tf.data can read it
   if source is not None:
-    return _split_from_examples(source[i] for i in range(len(source)))
+    return _split_from_examples((source[i] for i in range(len(source))), size, resize)
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     dataset = builder.as_dataset(split=split)  # needs TensorFlow
@@ -77,15 +85,18 @@ def _read_tfds_split(builder, split: str) -> Split:
         "read. Install tensorflow-cpu, or prepare it as array_record "
         "(builder.download_and_prepare(file_format='array_record')).") from e
   # Iterating (not batch_size=-1) is what works inside tfds.testing.mock_data.
-  return _split_from_examples(tfds.as_numpy(dataset))
+  return _split_from_examples(tfds.as_numpy(dataset), size, resize)
 
 
 def read_tfds(name: str, *, data_dir: str | None, splits=("train", "test"),
-              download: bool = True) -> Dataset:
+              download: bool = True, image_size: tuple[int, int] | None = None,
+              resize: str = "crop") -> Dataset:
   """Reads a tfds image-classification dataset into memory.
 
   Downloads and prepares it (as array_record, so that later runs read it
   without TensorFlow) when it is not in `data_dir` yet and `download` is set.
+  `image_size` (height, width): every image is brought to it (`resizing`);
+  None: the images must all have one size.
   """
   try:  # optional: image folders are read without tensorflow-datasets
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -106,7 +117,7 @@ def read_tfds(name: str, *, data_dir: str | None, splits=("train", "test"),
         "'image' and 'label'.")
 
   def read_all():
-    return {s: _read_tfds_split(builder, s) for s in splits}
+    return {s: _read_tfds_split(builder, s, image_size, resize) for s in dict.fromkeys(splits)}
 
   try:
     # An unprepared builder raises here (AssertionError, ImportError without

@@ -8,13 +8,16 @@ imports of wacnn_jax: networks, their registry and their fast initialisation
     model = create_model("resnet50", num_classes=10, attention="se(reduction=8)",
                          block="bottleneck")
     variables = model.init({"params": key, "dropout": key}, x, train=False)
-    logits = model.apply(variables, x, train=False)        # x: (N, 32, 32, 3) NHWC
+    logits = model.apply(variables, x, train=False)        # x: (N, H, W, 3) NHWC
     logits, updates = model.apply(variables, x, train=True, rngs={"dropout": key},
                                   mutable=["batch_stats"])
 
 `variables` holds 'params' (float32) and 'batch_stats'; logits are float32
 (N, num_classes) whatever the compute dtype. Each backbone file registers its
-arch names (`registry.register_backbone`) when imported here.
+arch names (`registry.register_backbone`) when imported here: the reference's
+CIFAR layouts (`resnet`, `vgg`, `mobilenet_v2`; 32x32 images) and torchvision's
+ImageNet layouts (`resnet_imagenet`, `mobilenet_v2_imagenet`; larger images,
+torchvision's weights through `torchvision_weights`).
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ from wacnn_jax.nn.attention_spec import AttentionSpec
 from wacnn_jax.models import resnet  # pylint: disable=g-bad-import-order
 from wacnn_jax.models import vgg
 from wacnn_jax.models import mobilenet_v2
+# torchvision's ImageNet layouts, for larger images.
+from wacnn_jax.models import resnet_imagenet
+from wacnn_jax.models import mobilenet_v2_imagenet
 
 
 def create_model(arch: str, *, num_classes: int, attention: str | AttentionSpec = "none",
                  dtype: Any = jnp.float32, axis_name: str | None = None,
                  **options) -> nn.Module:
-  """A Flax module mapping NHWC images (N, 32, 32, 3) to float32 logits (N, num_classes).
+  """A Flax module mapping NHWC images (N, H, W, 3) to float32 logits (N, num_classes).
 
   Call it as `model.apply(variables, x, train=bool, ...)`.
 
@@ -67,4 +73,5 @@ def create_model(arch: str, *, num_classes: int, attention: str | AttentionSpec 
                         axis_name=axis_name, **options)
 
 
-__all__ = ["create_model", "mobilenet_v2", "registry", "resnet", "vgg"]
+__all__ = ["create_model", "mobilenet_v2", "mobilenet_v2_imagenet", "registry", "resnet",
+           "resnet_imagenet", "vgg"]

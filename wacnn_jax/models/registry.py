@@ -60,27 +60,36 @@ class Network(BackboneModule):
     return batched_init.init(self, rngs, *args, **kwargs)
 
 
+# The image sizes a layout is made for: CIFAR's keep their resolution through
+# the stem (32x32 images), ImageNet's downsample by 4 in the stem (224x224).
+LAYOUTS = {"cifar": 32, "imagenet": 224}
+
+
 @dataclasses.dataclass(frozen=True)
 class Backbone:
   """A registered arch: `build(arch, num_classes=..., attention=..., dtype=...,
-  axis_name=..., **options)` -> Network, where `options` are among `options`."""
+  axis_name=..., **options)` -> Network, where `options` are among `options`;
+  `layout`: "cifar" or "imagenet" (`LAYOUTS`)."""
 
   name: str
   build: Callable[..., Network]
   options: tuple[str, ...] = ()
+  layout: str = "cifar"
 
 
 _BACKBONES: dict[str, Backbone] = {}  # by arch name, in registration order
 
 
-def register_backbone(*names: str, options: Sequence[str] = ()):
+def register_backbone(*names: str, options: Sequence[str] = (), layout: str = "cifar"):
   """Function decorator: registers a builder under each arch name of `names`."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}.")
 
   def register(build: Callable[..., Network]) -> Callable[..., Network]:
     for name in names:
       if name in _BACKBONES:
         raise ValueError(f"arch {name!r} is already registered.")
-      _BACKBONES[name] = Backbone(name, build, tuple(options))
+      _BACKBONES[name] = Backbone(name, build, tuple(options), layout)
     return build
 
   return register

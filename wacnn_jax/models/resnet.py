@@ -1,10 +1,11 @@
 """CIFAR ResNets (He et al. 2016; the reference's `resnet*` names), with attention slots.
 
-Input (N, 32, 32, 3) NHWC -> float32 logits (N, num_classes). Stem conv3x3
+Input (N, H, W, 3) NHWC (32x32 for CIFAR) -> float32 logits (N, num_classes). Stem conv3x3
 3->16 (no bias) -> BN -> ReLU; three stages of 16/32/64 channels (x4 for
 Bottleneck), the first block of stages 2 and 3 downsampling by 2; global
 average pool; Dense. Convolutions have no bias; shortcuts are identity or
 conv1x1(stride) + BN when the stride or channel count changes (option B).
+The blocks are shared with the ImageNet layout (`resnet_imagenet`).
 
 In-block attention (SE/CBAM/ECA/GC) sits after each block's last BN, before
 the addition. WA replaces a stride-2 block's stride: `out, ll = WA(x)`, the
@@ -47,8 +48,15 @@ class _Block(registry.BackboneModule):
 
   features: int
   strides: int = 1
+  kernel_init: layers.Initializer = layers.torch_default_init  # of every convolution
 
   expansion: ClassVar[int] = 1
+
+
+def _conv(block: _Block, features: int, kernel: int, name: str, strides: int = 1):
+  """The block's convolution `name`, without bias, initialised by `block.kernel_init`."""
+  return layers.conv(features, kernel, strides=strides, dtype=block.dtype,
+                     kernel_init=block.kernel_init, name=name)
 
 
 def _bn(block: _Block, train: bool, name: str) -> layers.BatchNorm:
@@ -76,9 +84,9 @@ class BasicBlock(_Block):
   @nn.compact
   def __call__(self, x, train: bool):
     x, shortcut, strides = _enter(self, x, train)
-    y = layers.conv(self.features, 3, strides=strides, dtype=self.dtype, name="conv1")(x)
+    y = _conv(self, self.features, 3, "conv1", strides)(x)
     y = nn.relu(_bn(self, train, "bn1")(y))
-    y = layers.conv(self.features, 3, dtype=self.dtype, name="conv2")(y)
+    y = _conv(self, self.features, 3, "conv2")(y)
     y = _bn(self, train, "bn2")(y)
     return _residual(self, y, shortcut, strides, train)
 
@@ -96,11 +104,11 @@ class Bottleneck(_Block):
   @nn.compact
   def __call__(self, x, train: bool):
     x, shortcut, strides = _enter(self, x, train)
-    y = layers.conv(self.features, 1, dtype=self.dtype, name="conv1")(x)
+    y = _conv(self, self.features, 1, "conv1")(x)
     y = nn.relu(_bn(self, train, "bn1")(y))
-    y = layers.conv(self.features, 3, strides=strides, dtype=self.dtype, name="conv2")(y)
+    y = _conv(self, self.features, 3, "conv2", strides)(y)
     y = nn.relu(_bn(self, train, "bn2")(y))
-    y = layers.conv(self.features * self.expansion, 1, dtype=self.dtype, name="conv3")(y)
+    y = _conv(self, self.features * self.expansion, 1, "conv3")(y)
     y = _bn(self, train, "bn3")(y)
     return _residual(self, y, shortcut, strides, train)
 
@@ -111,8 +119,7 @@ def _residual(block: _Block, y, shortcut, strides: int, train: bool):
     y = block.attention.module(name="attention", dtype=block.dtype,
                                axis_name=block.axis_name)(y, train)
   if block.strides != 1 or shortcut.shape[-1] != y.shape[-1]:
-    shortcut = layers.conv(y.shape[-1], 1, strides=strides, dtype=block.dtype,
-                           name="shortcut_conv")(shortcut)
+    shortcut = _conv(block, y.shape[-1], 1, "shortcut_conv", strides)(shortcut)
     shortcut = _bn(block, train, "shortcut_bn")(shortcut)
   return nn.relu(y + shortcut)
 

@@ -1,10 +1,12 @@
 """VGG with BatchNorm for CIFAR (vgg11_bn/13/16/19), with attention slots.
 
-(N, 32, 32, 3) NHWC -> float32 logits (N, num_classes). Each number in the
-config is conv3x3 (with bias) -> BN -> [in-block attention: SE/CBAM/ECA/GC]
--> ReLU; 'M' is a 2x2 max-pool, or, with WA, the WA block (its `out`; all five
-pools are replaced, for `stages` 'reference' and 'all' alike). After five
-halvings the features are (N, 1, 1, 512); classifier Dense 512->4096 ->
+(N, H, W, 3) NHWC (32x32 for CIFAR) -> float32 logits (N, num_classes). Each
+number in the config is conv3x3 (with bias) -> BN -> [in-block attention:
+SE/CBAM/ECA/GC] -> ReLU; 'M' is a 2x2 max-pool, or, with WA, the WA block (its
+`out`; all five pools are replaced, for `stages` 'reference' and 'all'
+alike). After five halvings the features are (N, H/32, W/32, 512), averaged
+over the map: at 32x32 the reference's flattened 1x1 map, elsewhere a
+classifier that does not grow with the image. Classifier Dense 512->4096 ->
 ReLU -> Dropout(0.5) -> Dense 4096->4096 -> ReLU -> Dropout(0.5) -> Dense
 4096->classes.
 
@@ -37,10 +39,8 @@ CONFIGS = {
                  "M", 512, 512, 512, 512, "M"),
 }
 
-# kaiming_normal_(mode='fan_out', nonlinearity='relu'): untruncated N(0, 2 / fan_out)
-# (jax's "normal" distribution is not truncated; "truncated_normal" would be).
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-linear_init = nn.initializers.normal(0.01)
+conv_init = layers.kaiming_normal_fan_out
+linear_init = layers.normal_001
 
 
 class VGG(registry.Network):
@@ -71,7 +71,7 @@ class VGG(registry.Network):
                                   conv_init=conv_init)(x, train)
       x = nn.relu(x)
       conv_index += 1
-    x = x.reshape(x.shape[0], -1)
+    x = layers.global_average_pool(x)  # (N, 512) at any size; at 32x32 the 1x1 map itself
     for index in (1, 2):
       x = layers.linear(4096, x, kernel_init=linear_init, dtype=self.dtype, name=f"fc{index}")
       x = nn.Dropout(0.5, deterministic=not train, name=f"dropout{index}")(nn.relu(x))

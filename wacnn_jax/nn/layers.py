@@ -27,6 +27,13 @@ torch_default_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"
 # nn.init.kaiming_normal_(mode='fan_in', nonlinearity='relu'): untruncated
 # N(0, 2 / fan_in) (jax's "normal" distribution is not truncated).
 kaiming_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+# nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu'): untruncated N(0, 2 / fan_out),
+# fan_out = output channels x kernel area (the init of torchvision's and the reference VGG's
+# convolutions).
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# nn.init.normal_(std=0.01): the Linear weights of the reference's VGG and of torchvision's
+# MobileNetV2.
+normal_001 = nn.initializers.normal(0.01)
 
 
 def torch_default_bias_init(fan_in: int) -> Initializer:
@@ -215,3 +222,8 @@ class DepthwiseConv(nn.Module):
 def global_average_pool(x):
   """(N, H, W, C) -> (N, C)."""
   return x.mean(axis=(1, 2))
+
+
+def relu6(x):
+  """min(max(x, 0), 6): torchvision's MobileNetV2 activation."""
+  return jnp.minimum(jnp.maximum(x, 0), 6).astype(x.dtype)

@@ -1,15 +1,16 @@
 """Trained models in one call: the shipped ones by name, or weights exported from a run.
 
     from wacnn_jax import pretrained
-    from wacnn_jax.data import transforms
     pretrained.list()                          # the names shipped for CIFAR-10
     net = pretrained.load("mobilenetv2-wa", dataset="cifar10")   # or a path (below)
-    logits = net.model.apply(net.variables, transforms.normalize(images), train=False)
+    net.predict(["cat.jpg", pil_image, uint8_array], top_k=3)   # [[("cat", 0.91), ...], ...]
 
-`images` are uint8 NHWC (N, 32, 32, 3) as read from disk; `transforms.normalize`
-scales them to [0, 1] and standardises each channel with the CIFAR mean and
-standard deviation, as training did. Logits are float32 (N, classes), label k
-named `net.record.class_names[k]`.
+`predict` (`predict.top_classes`) takes images of any size and brings them
+to the model's as training did (resize, normalisation: `net.preprocessing`).
+By hand: `net.model.apply(net.variables, transforms.normalize(images,
+net.preprocessing.normalization), train=False)` on uint8 NHWC images of
+`net.record.image_shape`; logits are float32 (N, classes), label k named
+`net.record.class_names[k]`.
 
 `load` also takes the path of weights exported from a training run
 (`python -m wacnn_jax export --workdir RUN --out DIR`, `wacnn_jax.tools.export`): a record
@@ -35,9 +36,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from wacnn_jax.data.dataset import Dataset
-from wacnn_jax.data import pipeline
 from wacnn_jax import models
+from wacnn_jax.data import pipeline
+from wacnn_jax.data import transforms
+from wacnn_jax.data.dataset import Dataset, DatasetError
+from wacnn_jax.pretrained import predict
 from wacnn_jax.pretrained import weights
 from wacnn_jax.pretrained.weights import WeightsError  # pylint: disable=unused-import
 from wacnn_jax.pretrained.weights import WeightsRecord
@@ -64,6 +67,16 @@ class Pretrained:
   @property
   def name(self) -> str:
     return os.path.splitext(os.path.basename(self.path))[0]
+
+  @property
+  def preprocessing(self) -> transforms.Preprocessing:
+    """How the model saw its images in training: size, normalisation, resize mode."""
+    return self.record.image_preprocessing
+
+  def predict(self, images, top_k: int = 5) -> builtins.list[builtins.list[tuple[str, float]]]:
+    """Per image, the `top_k` class names and probabilities (`predict.top_classes`)."""
+    return predict.top_classes(self.model, self.variables, self.preprocessing,
+                               self.record.class_names, images, top_k)
 
 
 def find_all(folder: str) -> builtins.list[str]:
@@ -156,7 +169,8 @@ def abstract_variables(model: nn.Module, image_shape) -> Any:
 def load(name_or_path: str, dataset: str = "cifar10") -> Pretrained:
   """A shipped model by name (`list(dataset)`), or exported weights by path; see the module doc.
 
-  The model expects uint8 NHWC images normalised by `transforms.normalize`.
+  The model expects uint8 NHWC images of its size normalised as `.preprocessing` says
+  (`.predict` does both).
   Raises ValueError for an unknown name or a path without weights, WeightsError
   (naming the file) for a damaged record or weights file.
   """
@@ -169,16 +183,29 @@ def load(name_or_path: str, dataset: str = "cifar10") -> Pretrained:
 
 def data_config(record: WeightsRecord,
                 image_folder: str | None = None) -> ml_collections.ConfigDict:
-  """`config.data` that reads the test split of the record's dataset, and only it.
+  """`config.data` that reads the test split of the record's dataset, and only it, at the
+  model's image size.
 
-  From `image_folder` (a folder or archive) when given, else tensorflow-datasets'
-  `record.dataset`. The train split is set to the test split, so that the
-  (larger) training images are not read.
+  From `image_folder` (a folder or archive) when given, else from the image
+  folder or archive the model was trained on (`record.data_source`, where it
+  is on this machine), else tensorflow-datasets' `record.dataset`. The train
+  split is set to the test split, so that the (larger) training images are
+  not read. ValueError when the model was trained on an image folder that is
+  not here and none is given.
   """
+  if image_folder is None and record.data_source != "tfds":
+    if not os.path.exists(os.path.expanduser(record.data_source)):
+      raise ValueError(
+          f"the model was trained on the images of {record.data_source!r} ({record.dataset}), "
+          "which is not on this machine: give its test images with --image_folder (a folder "
+          "<root>/test/<class>/... or an archive of one).")
+    image_folder = record.data_source
   return ml_collections.ConfigDict({
       "dataset": record.dataset, "data_dir": None, "image_folder": image_folder,
       "download": True, "train_split": "test", "test_split": "test",
-      "max_train_examples": 0, "max_test_examples": 0})
+      "max_train_examples": 0, "max_test_examples": 0,
+      "image_size": tuple(record.image_shape[:2]),
+      "resize": record.image_preprocessing.resize, "normalization": "cifar"})
 
 
 def check_dataset(net: Pretrained, dataset: Dataset) -> None:
@@ -195,6 +222,15 @@ def check_dataset(net: Pretrained, dataset: Dataset) -> None:
 
 def load_test_data(net: Pretrained, image_folder: str | None = None) -> Dataset:
   """The test split of the model's dataset (`data_config`), checked by `check_dataset`."""
-  dataset = pipeline.load(data_config(net.record, image_folder))
+  config = data_config(net.record, image_folder)
+  try:
+    dataset = pipeline.load(config)
+  except DatasetError as e:
+    if config.image_folder:
+      raise
+    raise DatasetError(f"{net.path} was trained on tfds's {net.record.dataset!r}, which "
+                       f"cannot be read here ({str(e).split('. ')[0]}): give its test images "
+                       "as image_folder (--image_folder: an image folder <root>/test/<class>/..., "
+                       "an archive of one, or an official CIFAR archive).") from e
   check_dataset(net, dataset)
   return dataset

@@ -3,8 +3,11 @@
     <name>.msgpack   its parameters and BatchNorm statistics, {"params", "batch_stats"}
                      (flax.serialization.msgpack_serialize; no optimiser state)
     <name>.json      its record (`WeightsRecord`): the model, the data it was
-                     trained on, its test top-1, where it came from, and the
-                     sha256 of <name>.msgpack, which reading checks
+                     trained on (name, source, classes, image size, normalisation),
+                     its test top-1, where it came from, and the sha256 of
+                     <name>.msgpack, which reading checks (version 2; version 1,
+                     without the source's checksum and the preprocessing, reads as
+                     the reference's CIFAR preprocessing)
 
     save(folder, name, variables, record)     # -> the record's path
     record = read_record(record_path)
@@ -36,10 +39,14 @@ from flax import serialization
 import ml_collections
 import numpy as np
 
+from wacnn_jax.data import transforms
 from wacnn_jax.files import atomic
 
 FORMAT = "wacnn_jax weights"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 records lack these fields; they are read with these values (the only
+# preprocessing there was: `transforms.Preprocessing.reference` at the record's size).
+ADDED_IN_VERSION_2 = ("data_source_sha256", "preprocessing")
 WEIGHTS_SUFFIX = ".msgpack"
 RECORD_SUFFIX = ".json"
 
@@ -61,8 +68,8 @@ class WeightsRecord:
   attention: str  # the canonical attention spec (`attention.AttentionSpec`)
   block: str | None  # ResNets: basic / bottleneck; None = the arch's default
   half_precision: bool  # trained with bfloat16 compute; loaded models compute the same way
-  dataset: str  # the run's data.dataset (the tfds name, also given to image-folder runs)
-  data_source: str  # "tfds", or the name of the image folder / archive it trained on
+  dataset: str  # the data's name: the tfds name, or the image folder's / archive's
+  data_source: str  # "tfds", or the image folder / archive it trained on (as given)
   class_names: tuple[str, ...]  # label k's name
   image_shape: tuple[int, int, int]  # (H, W, C) of the NHWC input
   seed: int
@@ -78,12 +85,22 @@ class WeightsRecord:
   commit: str  # git commit of the code that exported it, or "unknown"
   config: dict  # the training run's config.json
   sha256: str = ""  # of <name>.msgpack; `save` fills it in
+  data_source_sha256: str | None = None  # of the archive it trained on; None for folders, tfds
+  # How it saw its images: size, normalisation, augmentation (`transforms.Preprocessing`).
+  preprocessing: dict | None = None
   format: str = FORMAT
   format_version: int = FORMAT_VERSION
 
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def image_preprocessing(self) -> transforms.Preprocessing:
+    """`preprocessing` as a `transforms.Preprocessing` (the reference's where unrecorded)."""
+    if self.preprocessing is None:
+      return transforms.Preprocessing.reference(self.image_shape[:2])
+    return transforms.Preprocessing.from_json(self.preprocessing)
 
   def model_config(self) -> ml_collections.ConfigDict:
     """The config fields that make its model: model.*, half_precision."""
@@ -145,10 +162,13 @@ def read_record(record_path: str) -> WeightsRecord:
   if not isinstance(fields, dict) or fields.get("format") != FORMAT:
     raise WeightsError(f"{record_path} is not a weights record (no \"format\": \"{FORMAT}\"); "
                        "write one with `python -m wacnn_jax export`.")
-  if fields.get("format_version") != FORMAT_VERSION:
+  if fields.get("format_version") not in (1, FORMAT_VERSION):
     raise WeightsError(
         f"{record_path} has format_version {fields.get('format_version')!r}; this version of "
-        f"wacnn_jax reads version {FORMAT_VERSION}.")
+        f"wacnn_jax reads versions 1 and {FORMAT_VERSION}.")
+  if fields["format_version"] == 1:
+    fields = dict(fields, **{name: None for name in ADDED_IN_VERSION_2},
+                  format_version=FORMAT_VERSION)
   names = {f.name for f in dataclasses.fields(WeightsRecord)}
   missing = sorted(names - set(fields) - {"format", "format_version"})
   unknown = sorted(set(fields) - names)

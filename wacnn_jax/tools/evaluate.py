@@ -38,6 +38,7 @@ from ml_collections import config_flags
 import optax
 
 from wacnn_jax.data.dataset import Dataset, Split
+from wacnn_jax.data.normalization import Normalization
 from wacnn_jax.files import atomic
 from wacnn_jax import pretrained
 from wacnn_jax.tools import command_line
@@ -96,16 +97,17 @@ class Evaluator:
   """
 
   def __init__(self, config, state, split: Split, num_classes: int,
-               devices=None):
+               normalization: Normalization, devices=None):
     self.config = config
     self.num_classes = num_classes
+    self.normalization = normalization
     self.topology = parallel.Topology.current(devices)
     self.data = parallel.shard_eval_data(split, self.topology, config.eval_batch_size)
     self.state = parallel.replicate_state(state, self.topology)
 
   def __call__(self, transform=None) -> list[dict]:
-    evaluate = steps.make_eval_fn(self.config, self.num_classes, self.topology,
-                                  transform=transform)
+    evaluate = steps.make_eval_fn(self.config, self.num_classes, self.normalization,
+                                  self.topology, transform=transform)
     return steps.summarize_eval(parallel.unreplicate(evaluate(self.state, self.data)))
 
   def sweep(self, pairs: Sequence[tuple[str, float]]) -> list[list[dict]]:
@@ -126,16 +128,19 @@ def _dataset_name(config) -> str:
   return os.path.basename(str(folder).rstrip("/")) if folder else config.data.dataset
 
 
-def evaluate_replicas(config, state, dataset: Dataset, seeds: Sequence[int],
-                      pairs: Sequence[tuple[str, float]], devices=None) -> dict:
-  """Evaluates the replicas (R, ...) of `state` on `dataset.test`, and on the noise `pairs`.
+def evaluate_replicas(config, state, dataset: Dataset, normalization: Normalization,
+                      seeds: Sequence[int], pairs: Sequence[tuple[str, float]],
+                      devices=None) -> dict:
+  """Evaluates the replicas (R, ...) of `state` on `dataset.test`, standardised by
+  `normalization` (the model's), and on the noise `pairs`.
 
   Returns class_names, the replicas combined (`mean_over_replicas`),
   "replicas" (one dict per replica: replica, seed from `seeds`, and its
   summary) and, with `pairs`, "noise" (their rows, means over the replicas)
   and "noise_convention".
   """
-  evaluator = Evaluator(config, state, dataset.test, dataset.num_classes, devices)
+  evaluator = Evaluator(config, state, dataset.test, dataset.num_classes, normalization,
+                        devices)
   replicas = [{"replica": k, "seed": seed, **summary} for k, (seed, summary) in
               enumerate(zip(seeds, evaluator()))]
   result = {"class_names": list(dataset.class_names), **eval_results.mean_over_replicas(replicas),
@@ -185,8 +190,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       "checkpoint_test_accuracy": restored.meta.get("test_accuracy"),
       "model": config.model.to_dict(),
       "dataset": _dataset_name(config),
-      **evaluate_replicas(config, restored.state, dataset, states.replica_seeds(config), pairs,
-                          devices),
+      **evaluate_replicas(config, restored.state, dataset,
+                          restored.preprocessing.normalization, states.replica_seeds(config),
+                          pairs, devices),
   }
 
   if jax.process_index() != 0:  # multi-host: every host evaluated; one writes
@@ -204,6 +210,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
       images, labels = visualize.pick_images(dataset.test)
       written += visualize.save_model_figures(
           restored.model, restored.variables, images, labels, dataset.class_names, workdir,
+          normalization=restored.preprocessing.normalization,
           baseline_layers=intermediates.wa_twin_layers(config, dataset))
     result["figures"] = [os.path.basename(f) for f in written]
     path = os.path.join(workdir, "eval.json")
@@ -258,7 +265,8 @@ def evaluate_pretrained(name_or_path: str, options: ml_collections.ConfigDict | 
       "checkpoint_test_accuracy": record.test_top1,
       "model": config.model.to_dict(),
       "dataset": dataset.name,
-      **evaluate_replicas(config, state, dataset, [record.seed], pairs, devices),
+      **evaluate_replicas(config, state, dataset, net.preprocessing.normalization, [record.seed],
+                          pairs, devices),
   }
   if verbose:
     print(eval_results.format_results(result), flush=True)

@@ -7,7 +7,9 @@
 The run's config and checkpoint are read back by `restore` (not its dataset:
 the checkpoint records the classes and image shape), and each replica's
 parameters and BatchNorm statistics are written in the `weights` format as
-`DIR/<name>.msgpack` and `DIR/<name>.json`. <name> is `<arch>-<attention>`
+`DIR/<name>.msgpack` and `DIR/<name>.json`, with what the model was trained on
+(dataset.json's name, source and checksum; the checkpoint's preprocessing), so
+that `pretrained.load` and `evaluate --pretrained` need nothing else. <name> is `<arch>-<attention>`
 (`run_names`), the reproduction's cell name (e.g. `resnet18-wa`, `resnet18-wa(wavelet=db2)`),
 or `name`; a run of `num_seeds` > 1 gives one model per replica,
 `<name>-seed<k>`. `DIR/README.md` is then rewritten: a table of every model in DIR.
@@ -78,6 +80,17 @@ def _checkpoint_dataset(config, identity: dict) -> Dataset:
   return Dataset(config.data.dataset, empty, empty, tuple(identity["class_names"]))
 
 
+def trained_data(workdir: str, config) -> tuple[str, str, str | None]:
+  """(the data's name, its source: "tfds" or the image folder / archive, the archive's
+  sha256) of a run, as its dataset.json recorded them (its config where that is missing)."""
+  recorded = records.read_json(os.path.join(workdir, "dataset.json"), default=None) or {}
+  folder = config.data.get("image_folder")
+  source = recorded.get("source") or (os.path.expanduser(str(folder)) if folder else "tfds:")
+  name = recorded.get("name") or (
+      os.path.basename(str(folder).rstrip("/")) if folder else config.data.dataset)
+  return name, "tfds" if source.startswith("tfds:") else source, recorded.get("source_sha256")
+
+
 def _names(config, name: str | None) -> list[str]:
   """The file name of each replica's model."""
   base = name or model_name(config)
@@ -134,6 +147,7 @@ def export(workdir: str, out: str, *, which: str = "final", step: int | None = N
       config, workdir, step=step,
       dataset=_checkpoint_dataset(config, latest_meta.get("identity", {})))
   commit = git_commit()
+  data_name, data_source, data_source_sha256 = trained_data(workdir, config)
   paths = []
   for k, (seed, file_name) in enumerate(zip(states.replica_seeds(config), _names(config, name))):
     variables = steps.replica({"params": run.state.params,
@@ -141,9 +155,8 @@ def export(workdir: str, out: str, *, which: str = "final", step: int | None = N
     record = weights.WeightsRecord(
         arch=config.model.arch, attention=str(AttentionSpec.parse(config.model.attention)),
         block=config.model.get("block"), half_precision=bool(config.half_precision),
-        dataset=config.data.dataset,
-        data_source=(os.path.basename(str(config.data.image_folder).rstrip("/"))
-                     if config.data.get("image_folder") else "tfds"),
+        dataset=data_name, data_source=data_source, data_source_sha256=data_source_sha256,
+        preprocessing=run.preprocessing.to_json(),
         class_names=tuple(run.dataset.class_names), image_shape=tuple(run.dataset.image_shape),
         seed=seed, checkpoint=checkpoint, step=run.step, epoch=run.meta["epoch"],
         epochs_trained=latest_meta["epoch"], num_epochs=config.num_epochs,
@@ -237,7 +250,8 @@ def readme_markdown(folder: str) -> str:
     size = os.path.getsize(weights.weights_path(path)) / 2**20
     lines.append(
         f"| {os.path.splitext(os.path.basename(path))[0]} | {record.arch} | {record.attention} | "
-        f"{record.dataset} ({record.data_source}) | {100 * record.test_top1:.2f} | "
+        f"{record.dataset} ({os.path.basename(record.data_source.rstrip('/'))}) | "
+        f"{100 * record.test_top1:.2f} | "
         f"{100 * record.test_top1_best:.2f} | {100 * record.test_top1_final:.2f} | "
         f"{record.epoch} of {record.num_epochs} ({record.checkpoint}) | {record.seed} | "
         f"{record.params:,} | {size:.1f} MB | `{training_command(record.config)}` |")

@@ -1,6 +1,6 @@
 """What a model computes inside: WA maps and layer outputs of one forward pass, and where they are.
 
-- `activations(model, variables, images)` runs the model once in eval mode with
+- `activations(model, variables, images, normalization=...)` runs the model once in eval mode with
   `mutable=['intermediates']`, so that every `WaveletAttention` block's sown
   `attention` = softmax over channels of (lh + hl), `ll` and `out` = ll + ll *
   attention (the re-weighted LL) come back, and with `capture_intermediates`
@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from wacnn_jax.data.dataset import Dataset
+from wacnn_jax.data.normalization import Normalization
 from wacnn_jax.data import transforms
 from wacnn_jax.nn.attention import WaveletAttention
 from wacnn_jax.training import states
@@ -117,8 +118,10 @@ def layer_pairs(model, variables, image_shape=(32, 32, 3)) -> list[tuple[str, st
   return pairs
 
 
-def activations(model, variables, images: np.ndarray, layers: Sequence[str] = ()) -> Activations:
-  """Runs `model` (eval mode) on uint8 images (N, H, W, 3); returns WA maps and `layers`' outputs."""
+def activations(model, variables, images: np.ndarray, layers: Sequence[str] = (), *,
+                normalization: Normalization) -> Activations:
+  """Runs `model` (eval mode) on uint8 images (N, H, W, 3), standardised by `normalization`
+  (the run's: `dataset.preprocessing.normalization`); returns WA maps and `layers`' outputs."""
   wanted = set(layers)
 
   def capture(module, method):
@@ -127,7 +130,7 @@ def activations(model, variables, images: np.ndarray, layers: Sequence[str] = ()
   @jax.jit
   def forward(variables, images):
     logits, state = model.apply(
-        variables, transforms.normalize(images), train=False,
+        variables, transforms.normalize(images, normalization), train=False,
         capture_intermediates=capture, mutable=["intermediates"])
     return logits, state.get("intermediates", {})
 

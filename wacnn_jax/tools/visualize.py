@@ -26,20 +26,23 @@ from wacnn_jax.tools import intermediates
 from wacnn_jax.training import restore
 
 
-def attention_figures(model, variables, images, *, baseline=None, labels=None,
+def attention_figures(model, variables, images, *, normalization, baseline=None, labels=None,
                       class_names=None) -> list[tuple[str, Figure]]:
   """`attention_figure` for every WA block of `model`: [(block path, figure)].
 
+  `images` uint8 (N, H, W, 3), standardised by `normalization` (the run's).
   `baseline`: optional (model, variables) of the same network without WA,
   shown at the layer after each WA block.
   """
   pairs = intermediates.layer_pairs(model, variables, images.shape[1:])
   layers = [layer for _, layer in pairs if layer is not None]
-  acts = intermediates.activations(model, variables, images, layers)
+  acts = intermediates.activations(model, variables, images, layers,
+                                  normalization=normalization)
   base = None
   if baseline is not None:
     base_model, base_variables = baseline
-    base = intermediates.activations(base_model, base_variables, images, layers)
+    base = intermediates.activations(base_model, base_variables, images, layers,
+                                     normalization=normalization)
   return [(block, figures.attention_figure(acts, block, layer=layer, baseline=base,
                                            labels=labels, class_names=class_names))
           for block, layer in pairs]
@@ -55,7 +58,7 @@ def pick_images(split: Split, count: int = 4):
 
 
 def save_model_figures(model, variables, images, labels, class_names, workdir: str,
-                       *, baseline_layers: Sequence[str] = ()) -> list[str]:
+                       *, normalization, baseline_layers: Sequence[str] = ()) -> list[str]:
   """Saves the attention maps of every WA block (`attention_maps_wa<k>.png`).
 
   A model without WA blocks gets `feature_maps.png` of `baseline_layers` (the
@@ -63,11 +66,13 @@ def save_model_figures(model, variables, images, labels, class_names, workdir: s
   Returns the paths written.
   """
   written = []
-  maps = attention_figures(model, variables, images, labels=labels, class_names=class_names)
+  maps = attention_figures(model, variables, images, normalization=normalization,
+                           labels=labels, class_names=class_names)
   for k, (_, fig) in enumerate(maps):
     written.append(figures.save_figure(fig, os.path.join(workdir, f"attention_maps_wa{k}.png")))
   if not maps and baseline_layers:
-    acts = intermediates.activations(model, variables, images, baseline_layers)
+    acts = intermediates.activations(model, variables, images, baseline_layers,
+                                     normalization=normalization)
     fig = figures.feature_maps_figure(images, baseline_layers, {"this model": acts},
                                       labels=labels, class_names=class_names)
     written.append(figures.save_figure(fig, os.path.join(workdir, "feature_maps.png")))
@@ -91,26 +96,27 @@ def save_attention_maps(workdir: str | None = None, *, pretrained_weights: str |
   """
 
   def open_model(run_workdir, weights, run_replica, dataset=None):
-    """(model, variables, dataset) of a workdir's best checkpoint or of trained weights."""
+    """(model, variables, dataset, its normalisation) of a workdir's best checkpoint or of
+    trained weights."""
     if weights is not None:
       net = pretrained.load(weights)
       if dataset is None:
         dataset = pretrained.load_test_data(net, image_folder)
       pretrained.check_dataset(net, dataset)
-      return net.model, net.variables, dataset
+      return net.model, net.variables, dataset, net.preprocessing.normalization
     config = restore.load_config(run_workdir)
     if image_folder:
       config.data.image_folder = image_folder
     run = restore.restore_checkpoint(config, run_workdir, dataset=dataset, replica=run_replica)
-    return run.model, run.variables, run.dataset
+    return run.model, run.variables, run.dataset, run.preprocessing.normalization
 
-  model, variables, dataset = open_model(workdir, pretrained_weights, replica)
+  model, variables, dataset, normalization = open_model(workdir, pretrained_weights, replica)
   base = (open_model(baseline, baseline_pretrained, baseline_replica, dataset)
           if baseline or baseline_pretrained else None)
   chosen, labels = pick_images(dataset.test, images)
   maps = attention_figures(
-      model, variables, chosen, labels=labels, class_names=dataset.class_names,
-      baseline=base[:2] if base else None)
+      model, variables, chosen, normalization=normalization, labels=labels,
+      class_names=dataset.class_names, baseline=base[:2] if base else None)
   if not maps:
     raise ValueError(f"the model of {workdir or pretrained_weights} has no WA blocks "
                      "(its attention is not 'wa').")

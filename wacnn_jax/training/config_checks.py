@@ -15,6 +15,9 @@ import numbers
 import ml_collections
 
 from wacnn_jax.data import cifar_archives
+from wacnn_jax.data import normalization
+from wacnn_jax.data import resizing
+from wacnn_jax.data import transforms
 from wacnn_jax.training import states
 
 # The least value of each numeric config field (the type is the default's).
@@ -36,8 +39,9 @@ def _check_number(field: str, value, least) -> None:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the numeric fields (`NUMERIC_FIELD_MINIMUM`, `schedule.boundaries`), the
-  CIFAR-100 label set and the model section (arch, attention spec, block) before any work.
+  """Checks the numeric fields (`NUMERIC_FIELD_MINIMUM`, `schedule.boundaries`), the data
+  section's choices (CIFAR-100 label set, image size, resize, normalisation, augmentation)
+  and the model section (arch, attention spec, block) before any work.
 
   Raises ValueError naming the first bad field.
   """
@@ -56,4 +60,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for boundary in config.schedule.boundaries:
     _check_number("schedule.boundaries", boundary, 0)
   cifar_archives.check_label_mode(config.data.get("cifar100_labels", "fine"))
+  resizing.target_size(config.data.get("image_size"))
+  resizing.check_mode(config.data.get("resize", "crop"))
+  normalization.check_setting(config.data.get("normalization", "auto"))
+  transforms.choose_augmentation(config.data.get("augmentation", "auto"), True, (32, 32))
   states.create_model(config, num_classes=1)

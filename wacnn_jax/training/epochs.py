@@ -18,10 +18,16 @@ from flax import jax_utils
 import jax
 import numpy as np
 
+from wacnn_jax import models
 from wacnn_jax.data.dataset import Dataset
 from wacnn_jax.training import parallel
 from wacnn_jax.training import status
 from wacnn_jax.training import steps
+
+
+# Images with a side of at least this many pixels get the hint that a CIFAR backbone is slow
+# for them (`EpochRunner.log_start`).
+LARGE_IMAGE_PIXELS = 128
 
 
 class DivergenceError(RuntimeError):
@@ -68,8 +74,10 @@ class EpochRunner:
     # Steps per dispatch: the whole epoch as one XLA loop, or one step on CPU.
     self.chunk = config.steps_per_dispatch or (
         steps_per_epoch if topology.loops_in_xla else 1)
-    self._p_train = steps.make_train_fn(config, learning_rate_fn, topology)
-    self._p_eval = steps.make_eval_fn(config, dataset.num_classes, topology)
+    self._p_train = steps.make_train_fn(config, dataset.preprocessing, learning_rate_fn,
+                                        topology)
+    self._p_eval = steps.make_eval_fn(config, dataset.num_classes,
+                                      dataset.preprocessing.normalization, topology)
     self._compiled = {}  # chunk length -> compiled train function
     self._compile_seconds = 0.0
     self._train_data = self._test_data = None
@@ -104,12 +112,17 @@ class EpochRunner:
     return self._compiled[num_steps](state, *self._train_data, indices)
 
   def log_start(self, first_epoch: int) -> None:
-    """The line that says what trains: arch, data, steps, devices, seeds and epochs."""
+    """The line that says what trains: arch, data, steps, devices, seeds and epochs; and a
+    hint when a CIFAR backbone gets large images."""
+    arch = self.config.model.arch
     logging.info("Training %s on %s: %d examples, %d steps/epoch, %d devices, seeds %s, "
-                 "epochs %d..%d", self.config.model.arch, self.dataset.name,
+                 "epochs %d..%d", arch, self.dataset.name,
                  len(self.dataset.train), self.steps_per_epoch,
                  self.topology.global_device_count, self.seeds, first_epoch + 1,
                  self.config.num_epochs)
+    hint = large_image_hint(arch, self.dataset.image_shape)
+    if hint:
+      logging.warning("%s", hint)
 
   def train_epoch(self, state, epoch: int, show_progress: bool):
     """Trains (0-based) `epoch`: returns the replicated state and an `EpochTrain`.
@@ -151,6 +164,18 @@ class EpochRunner:
   def evaluate(self, state) -> list[dict]:
     """The test split's summary per replica (`steps.summarize_eval`)."""
     return steps.summarize_eval(parallel.unreplicate(self._p_eval(state, self._test_data)))
+
+
+def large_image_hint(arch: str, image_shape) -> str | None:
+  """The hint for a CIFAR backbone given images of LARGE_IMAGE_PIXELS or more a side."""
+  side = min(image_shape[:2])
+  if models.registry.backbone(arch).layout != "cifar" or side < LARGE_IMAGE_PIXELS:
+    return None
+  imagenet = [name for name in models.registry.arch_names()
+              if models.registry.backbone(name).layout == "imagenet"]
+  return (f"{arch} is a CIFAR backbone: it keeps {side}x{side} images at full resolution "
+          f"through its first stage, about {(side / 32) ** 2:.0f}x its compute at 32x32; "
+          f"the ImageNet layouts ({', '.join(imagenet)}) downsample by 4 in their stem.")
 
 
 def first_divergence(diverged: np.ndarray) -> tuple[int, list[int]]:

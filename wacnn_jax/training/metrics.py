@@ -7,6 +7,7 @@ and shown by `log_records`.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from absl import logging
@@ -15,6 +16,7 @@ import numpy as np
 from wacnn_jax.files import atomic
 from wacnn_jax.files import records
 from wacnn_jax.training import status
+from wacnn_jax.training import steps
 from wacnn_jax.training import tensorboard_events
 
 
@@ -107,8 +109,14 @@ class MetricsLog:
 
 def log_records(records: list[dict], num_epochs: int, eta_seconds: float | None = None) -> None:
   """One console (absl) line per record of an epoch (see `MetricsLog`), the last one with
-  the run's expected time left (`status.RunClock`)."""
+  the run's expected time left (`status.RunClock`); a warning for a diverged evaluation."""
   for k, record in enumerate(records):
+    if record.get("test_diverged"):
+      logging.warning(
+          "epoch %d, seed %d: the test loss %.4g is not finite or above %g: the evaluation "
+          "diverged (test_diverged in metrics.jsonl). The model's BatchNorm statistics or "
+          "weights have blown up: lower optimizer.learning_rate, or check the data.",
+          record["epoch"], record["seed"], record["test_loss"], steps.DIVERGED_LOSS)
     eta = (f"  ETA {status.duration(eta_seconds)}"
            if eta_seconds is not None and k == len(records) - 1 and record["epoch"] < num_epochs
            else "")
@@ -146,6 +154,7 @@ def epoch_records(epoch: int, runner, train, tests: list[dict], progress, epoch_
       "test_top5_accuracy": test["top5_accuracy"],
       "best_test_accuracy": float(progress.best_accuracy[k]),
       "test_examples": test["count"],
+      "test_diverged": not math.isfinite(test["loss"]) or test["loss"] > steps.DIVERGED_LOSS,
       "images_per_sec": float(train.images[k]) / max(train.seconds, 1e-9),
       "compile_seconds": train.compile_seconds,
       "startup_seconds": startup_seconds,

@@ -2,7 +2,7 @@
 
     run = restore_checkpoint(load_config(workdir), workdir)   # the best checkpoint
     run.variables    # replica 0's {params, batch_stats}
-    run.model.apply(run.variables, x, train=False)            # x: (N, H, W, C) NHWC
+    run.model.apply(run.variables, transforms.normalize(images, run.preprocessing.normalization))
 
 Used by evaluation, visualisation and notebooks.
 """
@@ -15,6 +15,7 @@ from typing import Any
 
 import ml_collections
 
+from wacnn_jax.data import transforms
 from wacnn_jax.data.dataset import Dataset
 from wacnn_jax.data import pipeline
 from wacnn_jax.files import records
@@ -35,6 +36,11 @@ class Restored:
   dataset: Dataset
   model: Any  # the Flax module without a pmap axis (for visualisation)
   replica: int = 0  # whose `variables` are shown
+
+  @property
+  def preprocessing(self) -> transforms.Preprocessing:
+    """How the model saw its images in training (normalisation, size, augmentation)."""
+    return run_identity.recorded_preprocessing(self.meta, self.dataset.image_shape)
 
   @property
   def variables(self) -> dict:

@@ -10,6 +10,7 @@ compares it on restore; a difference is one line naming the fields.
 from __future__ import annotations
 
 from wacnn_jax.data import checks
+from wacnn_jax.data import transforms
 from wacnn_jax.data.dataset import Dataset
 from wacnn_jax.files import records
 from wacnn_jax.nn.attention_spec import AttentionSpec
@@ -47,11 +48,15 @@ def resume_identity(config, dataset: Dataset) -> dict:
 
   Every config field but RESUMABLE_FIELDS (the seed, batch size, optimiser,
   schedule, subsets, augmentation, precision, ...), the number of training
-  examples, and the data as trained on: the sha256 of each split's decoded
+  examples, the data as trained on: the sha256 of each split's decoded
   images and labels (`checks.content_sha256`), and of the source file
-  where it is one (compared only as `checkpointing.IDENTITY_FALLBACKS` says).
+  where it is one (compared only as `checkpointing.IDENTITY_FALLBACKS` says),
+  and its preprocessing (normalisation, augmentation), which a restore for
+  evaluation reads back (`recorded_preprocessing`) without comparing it: a
+  checkpoint may be evaluated on other images of its classes and size.
   """
-  identity = {k: v for k, v in records.flat_keys(config.to_dict()).items() if k not in RESUMABLE_FIELDS}
+  identity = {k: v for k, v in records.flat_keys(config.to_dict()).items()
+              if k not in RESUMABLE_FIELDS}
   identity.update(checkpoint_identity(config, dataset))
   identity["training examples (data.max_train_examples)"] = len(dataset.train)
   for split in ("train", "test"):
@@ -61,4 +66,15 @@ def resume_identity(config, dataset: Dataset) -> dict:
         else checks.content_sha256(data.images, data.labels))
   if dataset.summary and dataset.summary.source_sha256:
     identity["data source sha256"] = dataset.summary.source_sha256
+  if dataset.preprocessing is not None:
+    identity["preprocessing"] = dataset.preprocessing.to_json()
   return identity
+
+
+def recorded_preprocessing(meta: dict, image_shape) -> transforms.Preprocessing:
+  """How the model of a checkpoint (its `meta`) saw its images: recorded since the images'
+  own normalisation and larger sizes arrived, else the reference's (the only one before)."""
+  recorded = meta.get("identity", {}).get("preprocessing")
+  if recorded is None:
+    return transforms.Preprocessing.reference(tuple(image_shape[:2]))
+  return transforms.Preprocessing.from_json(recorded)

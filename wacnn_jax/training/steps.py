@@ -83,9 +83,10 @@ def scan(body, carry, xs, *, unroll: bool):
   return carry, jax.tree.map(lambda *ys: jnp.stack(ys), *outputs)
 
 
-def train_step(state: TrainState, images, labels, *, augment: bool,
+def train_step(state: TrainState, images, labels, *, preprocessing: transforms.Preprocessing,
                compute_dtype, learning_rate_fn):
-  """One SGD step on a per-device batch of uint8 images (b, H, W, C), labels (b,).
+  """One SGD step on a per-device batch of uint8 images (b, H, W, C), labels (b,), augmented
+  and normalised as `preprocessing` says.
 
   Returns the new state and the step's metrics summed over all devices, plus
   the learning rate and `diverged` (bool: mean loss not finite or above
@@ -94,9 +95,8 @@ def train_step(state: TrainState, images, labels, *, augment: bool,
   step_key = jax.random.fold_in(state.rng, state.step)
   device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS_NAME))
   augment_key, dropout_key = jax.random.split(device_key)
-  if augment:
-    images = transforms.augment_batch(images, augment_key)
-  x = transforms.normalize(images, compute_dtype)
+  images = transforms.augment(images, augment_key, preprocessing.augmentation)
+  x = transforms.normalize(images, preprocessing.normalization, compute_dtype)
 
   def loss_fn(params):
     logits, new_model_state = state.apply_fn(
@@ -147,9 +147,10 @@ def train_steps(state, train_images, train_labels, indices, *, unroll: bool = Fa
 
 
 def eval_batches(state, images, labels, mask, *, num_classes: int,
-                 compute_dtype, transform: Callable | None = None,
-                 unroll: bool = False):
-  """Evaluates (nb, b, H, W, C) uint8 batches with a 0/1 mask (nb, b), for each replica.
+                 compute_dtype, normalization: transforms.Normalization,
+                 transform: Callable | None = None, unroll: bool = False):
+  """Evaluates (nb, b, H, W, C) uint8 batches with a 0/1 mask (nb, b), for each replica,
+  standardised by `normalization`.
 
   `state` holds R replicas (leading axis R). `transform(x_uint8, key) -> uint8`
   (optional) corrupts the images first, with keys from each replica's
@@ -159,10 +160,11 @@ def eval_batches(state, images, labels, mask, *, num_classes: int,
   """
   return map_replicas(functools.partial(
       _eval_replica, images=images, labels=labels, mask=mask, num_classes=num_classes,
-      compute_dtype=compute_dtype, transform=transform, unroll=unroll), state)
+      compute_dtype=compute_dtype, normalization=normalization, transform=transform,
+      unroll=unroll), state)
 
 
-def _eval_replica(state, *, images, labels, mask, num_classes, compute_dtype,
+def _eval_replica(state, *, images, labels, mask, num_classes, compute_dtype, normalization,
                   transform, unroll):
   """`eval_batches` of one replica."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -174,7 +176,7 @@ def _eval_replica(state, *, images, labels, mask, num_classes, compute_dtype,
           jax.random.fold_in(state.rng, index), jax.lax.axis_index(AXIS_NAME))
       batch_images = transform(batch_images, key)
     logits = state.apply_fn(variables, transforms.normalize(
-        batch_images, compute_dtype), train=False).astype(jnp.float32)
+        batch_images, normalization, compute_dtype), train=False).astype(jnp.float32)
     predictions = logits.argmax(-1)
     top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
     weights = batch_mask.astype(jnp.float32)
@@ -220,16 +222,18 @@ def _summarize_replica(totals) -> dict:
 
 
 
-def make_eval_fn(config, num_classes: int, topology: parallel.Topology, transform=None):
-  """`evaluate(replicated_state, eval_data) -> totals` (replicated; see `eval_batches`).
+def make_eval_fn(config, num_classes: int, normalization: transforms.Normalization,
+                 topology: parallel.Topology, transform=None):
+  """`evaluate(replicated_state, eval_data) -> totals` (replicated; see `eval_batches`), the
+  images standardised by `normalization`.
 
   One dispatch for the whole split where `topology.loops_in_xla`, else one
   per batch with the totals summed on the devices.
   """
   p_eval = jax.pmap(
       functools.partial(
-          eval_batches, num_classes=num_classes, transform=transform,
-          unroll=not topology.loops_in_xla,
+          eval_batches, num_classes=num_classes, normalization=normalization,
+          transform=transform, unroll=not topology.loops_in_xla,
           compute_dtype=jnp.bfloat16 if config.half_precision else jnp.float32),
       axis_name=AXIS_NAME, devices=topology.mapped_devices)
 
@@ -282,14 +286,15 @@ def compiler_options() -> dict[str, str] | None:
   return None
 
 
-def make_train_fn(config, learning_rate_fn, topology: parallel.Topology):
+def make_train_fn(config, preprocessing: transforms.Preprocessing, learning_rate_fn,
+                  topology: parallel.Topology):
   """pmapped `train_steps(state, train_images, train_labels, indices)`; donates state.
 
   Compile it with `compiler_options()` (`EpochRunner` does).
   """
   return jax.pmap(
       functools.partial(
-          train_steps, augment=config.data.augment, unroll=not topology.loops_in_xla,
+          train_steps, preprocessing=preprocessing, unroll=not topology.loops_in_xla,
           learning_rate_fn=learning_rate_fn,
           compute_dtype=jnp.bfloat16 if config.half_precision else jnp.float32),
       axis_name=AXIS_NAME, devices=topology.mapped_devices, donate_argnums=(0,))
