@@ -22,7 +22,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-WHEELS=(PyWavelets==1.9.0 ml_collections==1.1.0)
+# (grain and its dependencies: the stream pipeline, data.pipeline='stream'.)
+WHEELS=(PyWavelets==1.9.0 ml_collections==1.1.0 grain==0.2.18 array-record==0.8.6 cloudpickle
+        portpicker)
 if [[ "${1:-}" == "--fetch-wheels" ]]; then  # on a machine with network, for Python 3.12 x86_64
   mkdir -p .whl
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \

@@ -69,6 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import default  # pylint: disable=wrong-import-position
+from wacnn_jax.data import augmentation_settings
 from wacnn_jax.data.dataset import Split
 from wacnn_jax.data import normalization
 from wacnn_jax.data import transforms
@@ -193,7 +194,7 @@ def train_runners(arch, attention, half, batch, num_steps, replicas=1, image_siz
   """Warmed-up `(run_train, run_eval, n_test, compile_seconds)` of the real train/eval functions.
 
   Random uint8 data of `image_size` x `image_size`, augmented as the trainer
-  augments that size (`transforms.choose_augmentation`: the reference's
+  augments that size (`augmentation_settings.choose_augmentation`: the reference's
   pad-crop up to 32, RandomResizedCrop above). `run_train()` does `num_steps`
   steps of global batch `batch`
   (gather, augmentation, forward, backward, SGD) of each of `replicas` models
@@ -224,15 +225,18 @@ def train_runners(arch, attention, half, batch, num_steps, replicas=1, image_siz
       for _ in range(replicas)], axis=1).astype(np.int32)
   preprocessing = transforms.Preprocessing(
       shape[:2], normalization.CIFAR,
-      transforms.choose_augmentation("auto", True, shape[:2]))
+      augmentation_settings.choose_augmentation("auto", True, shape[:2]))
+  gather = steps.make_gather_fn(preprocessing, topology)  # the memory feed's batches
+  batches = gather(state.rng, state.step, train_images, train_labels, indices)
   p_train = steps.make_train_fn(config, preprocessing, lr_fn, topology).lower(
-      state, train_images, train_labels, indices).compile(
+      state, *batches).compile(
           compiler_options=steps.compiler_options())  # as epochs.py compiles it
   holder = {"state": state}
 
   def run_train():
-    holder["state"], metrics = p_train(holder["state"], train_images, train_labels,
-                                       indices)
+    state = holder["state"]
+    holder["state"], metrics = p_train(
+        state, *gather(state.rng, state.step, train_images, train_labels, indices))
     return metrics
 
   test = Split(images[:min(n, 10_000)], labels[:min(n, 10_000)])

@@ -24,13 +24,14 @@ SETTINGS = {"dataset": ("data", "dataset"), "arch": ("model", "arch"),
 
 
 def smoke(config: ml_collections.ConfigDict) -> None:
-  """512 training and 256 test images, 2 epochs of batch 64."""
+  """512 training and 256 test images, 2 epochs of batch 64; a cosine schedule, which spans
+  whatever `num_epochs` the run is given."""
   config.data.max_train_examples = 512
   config.data.max_test_examples = 256
   config.batch_size = 64
   config.eval_batch_size = 64
   config.num_epochs = 2
-  config.schedule.boundaries = (1,)
+  config.schedule.name = "cosine"
   config.log_every_steps = 4
 
 

@@ -36,9 +36,14 @@ def get_config() -> ml_collections.ConfigDict:
   # CIFAR-100 archives: the 100 "fine" labels or the 20 "coarse" superclasses.
   config.data.cifar100_labels = "fine"
   # Where an image folder's decoded uint8 splits are cached, so that later runs
-  # skip decoding (wacnn_jax.data.cache); unset = $XDG_CACHE_HOME/wacnn_jax/datasets
-  # (~/.cache/wacnn_jax/datasets), '' = no cache. tfds datasets are not cached.
+  # skip decoding (wacnn_jax.data.cache; one copy per content: a subset, or the same
+  # images from another archive or folder, share it); unset =
+  # $XDG_CACHE_HOME/wacnn_jax/datasets (~/.cache/wacnn_jax/datasets), '' = no cache.
+  # tfds datasets are not cached.
   config.data.cache_dir = ml_collections.config_dict.placeholder(str)
+  # Its size cap in GB (0 = none): past it, the least recently used entries are removed
+  # first, each with a log line. `python -m wacnn_jax cache` lists and clears it.
+  config.data.cache_max_gb = 20.0
   config.data.download = True  # let tfds download and prepare when missing
   config.data.train_split = "train"
   config.data.test_split = "test"
@@ -60,6 +65,14 @@ def get_config() -> ml_collections.ConfigDict:
   # A class without images in one split (an empty or misnamed class folder) is
   # refused; True goes on with a warning (tfds.testing.mock_data's random labels).
   config.data.allow_missing_classes = False
+  # How images reach the devices (wacnn_jax.data.pipeline_choice): 'memory' (decoded
+  # once into host memory and put on every device: CIFAR-sized data, the fastest),
+  # 'stream' (read, decoded and augmented batch by batch by worker processes: data
+  # larger than memory) or 'auto': memory unless the decoded images would take more
+  # than memory_share of the host's memory or of an accelerator's, then stream.
+  config.data.pipeline = "auto"
+  config.data.memory_share = 0.5
+  config.data.workers = 0  # stream worker processes; 0 = one per CPU core, at most 16
 
   config.batch_size = 128  # global, over all devices and hosts
   config.eval_batch_size = 100
@@ -83,11 +96,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.half_precision = False  # bfloat16 compute, float32 parameters
   # JAX's persistent compilation cache: compiled programs are kept in this folder
-  # and later runs load them instead of compiling (wacnn_jax.compilation_cache);
-  # '' = off (JAX_COMPILATION_CACHE_DIR, if set, still applies). `reproduce`
-  # turns it on: ~/.cache/wacnn_jax/xla.
-  config.compilation_cache_dir = ""
+  # and later runs load them instead of compiling (wacnn_jax.training.compilation_cache);
+  # None = ~/.cache/wacnn_jax/xla ($JAX_COMPILATION_CACHE_DIR if set), '' = off.
+  config.compilation_cache_dir = ml_collections.config_dict.placeholder(str)
   config.checkpoint_every_epochs = 1
+  # Also a checkpoint every this many steps inside an epoch (0 = only at epoch ends):
+  # a long epoch (a streamed dataset) stopped anywhere resumes at its last such step,
+  # on the same batches (the stream's position is saved in the checkpoint).
+  config.checkpoint_every_steps = 0
   config.keep_checkpoints = 3  # the latest few; the best one is kept as well
   config.log_every_steps = 50  # TensorBoard train-loss scalars
   config.distributed = False  # multi-host: call jax.distributed.initialize()

@@ -8,6 +8,7 @@ skip when it is absent.
 import contextlib
 import io
 import os
+import sys
 
 import numpy as np
 from PIL import Image
@@ -15,6 +16,11 @@ import pytest
 
 from tests import helpers
 from wacnn_jax.tools import evaluate
+
+# Triton (the GPU kernel compiler that CUDA builds of torch install) crashes the process
+# (SIGSEGV in its LLVM's initialisers) when it is loaded after TensorFlow, which tfds tests
+# import; torch, which the tests use on the CPU, imports it only if it can. Kept out.
+sys.modules.setdefault("triton", None)
 
 SHARED_DATA = os.environ.get("WACNN_JAX_SHARED_DATA",
                              os.path.join(helpers.REPO_ROOT, "..", "shared", "data"))

@@ -74,7 +74,9 @@ def test_unknown_override_key_lists_the_valid_keys(tmp_path):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("--config.model.arch=resnet19", "unknown arch 'resnet19'; choose one of: resnet18"),
+    ("--config.model.arch=resnet19", "unknown arch 'resnet19'. Did you mean 'resnet18'"),
+    ("--config.model.arch=resnet20", "unknown arch 'resnet20'. The 20-layer CIFAR ResNet is "
+     "'resnet18' (the reference's name for it)."),
     ("--config.model.attention=se(foo=1)", "se has no option 'foo'"),
     ("--config.data.cifar100_labels=medium", "data.cifar100_labels='medium' is not one of"),
 ])
@@ -97,6 +99,18 @@ def test_missing_dataset_says_how_to_fix(tmp_path):
                    hide_tensorflow=False)
   assert result.returncode == 1
   assert "data.image_folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_mistyped_image_folder_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+  """One line naming the field; neither the workdir nor an error.log is created."""
+  monkeypatch.chdir(REPO_ROOT)
+  missing = tmp_path / "cifar10-mini.tar.gzz"
+  assert cli.main(["run_train.py", "train", "--config", "configs/cifar.py:smoke", "--workdir",
+                   str(tmp_path / "runs" / "wa"), f"--config.data.image_folder={missing}"]) == 1
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f"error: data.image_folder='{missing}' does not exist."), lines
+  assert os.listdir(tmp_path) == []
 
 
 SMOKE = ["--config", "configs/cifar.py:smoke", "--workdir", "WORKDIR"]
@@ -131,7 +145,7 @@ def test_train_help_teaches_the_config_syntax(capsys, monkeypatch):
   assert cli.main(["run_train.py", "train", "--config", "configs/cifar.py:smoke", "--help"]) == 0
   text = capsys.readouterr().out
   assert "--config.num_epochs=2" in text and "--config.model.attention=wa" in text
-  assert "--config.schedule.boundaries=(1,)" in text
+  assert "--config.schedule.boundaries=(81, 121)" in text and "--config.schedule.name=cosine" in text
 
 
 def test_evaluate_help_shows_defaults_as_values(capsys):

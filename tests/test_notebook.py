@@ -7,6 +7,7 @@ which Jupyter kernels the machine has installed.
 
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -71,6 +72,17 @@ def test_notebook_runs_in_smoke_mode(cifar10_mini, tmp_path, monkeypatch):
 
   text = "\n".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code"
                    for o in c.outputs)
+  # The training cell shows the run's progress (absl's records routed to the cell): the data
+  # loaded, a line per epoch and the last line, each short (time, message).
+  training = next(c for c in notebook.cells if c.cell_type == "code"
+                  and "train.train_and_evaluate" in c.source)
+  shown = "\n".join(o.get("text", "") for o in training.outputs)
+  for name in ("baseline", "wa"):
+    assert f"training {name}:" in shown
+  assert len(re.findall(r"^\d\d:\d\d:\d\d loaded 256 train \+ 128 test images", shown, re.M)) == 2
+  assert len(re.findall(r"^\d\d:\d\d:\d\d epoch   1/1  seed 0  lr ", shown, re.M)) == 2, shown
+  assert len(re.findall(r"^\d\d:\d\d:\d\d finished epoch 1/1 ", shown, re.M)) == 2
+  assert "I1" not in shown and ".py:" not in shown  # no absl header
   assert "nothing to install" in text
   assert "top-1 accuracy" in text and "noise robustness" in text
   images = sum("image/png" in o.get("data", {}) for c in notebook.cells

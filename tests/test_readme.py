@@ -113,3 +113,40 @@ def test_quickstart_runs_as_written(tmp_path):
     assert result.returncode == 0, (command, result.stderr[-3000:])
   assert os.path.exists(os.path.join(root, "attention_maps.png"))
   assert "| wa |" in open(os.path.join(root, "report", "report.md")).read()
+
+
+def sample_counts() -> dict[str, int]:
+  """Images per split of the committed sample archive, counted from its members."""
+  import tarfile  # pylint: disable=g-import-not-at-top
+  counts = {"train": 0, "test": 0}
+  with tarfile.open(os.path.join(REPO_ROOT, "tests", "data", "cifar10-mini.tar.gz")) as archive:
+    for member in archive.getmembers():
+      parts = member.name.split("/")
+      if member.isfile() and "train" in parts[:2]:
+        counts["train"] += 1
+      elif member.isfile() and "test" in parts[:2]:
+        counts["test"] += 1
+  return counts
+
+
+def test_readme_and_help_figures_are_what_the_smoke_preset_trains(capsys, monkeypatch):
+  """The quick start's and `train --help`'s epochs and image counts, read from the preset and
+  the sample archive themselves."""
+  from configs import cifar  # pylint: disable=g-import-not-at-top
+  smoke = cifar.get_config("smoke")
+  counts = sample_counts()
+  text = " ".join(open(README).read().split())
+  quick = re.search(r"trained for (\d+) epochs on (\d+) / (\d+) of the (\d+) / (\d+) real "
+                    r"CIFAR-10 images committed in `tests/data/cifar10-mini.tar.gz`", text)
+  assert quick, "the quick start's sentence on what it trains is not found"
+  assert tuple(map(int, quick.groups())) == (
+      smoke.num_epochs, smoke.data.max_train_examples, smoke.data.max_test_examples,
+      counts["train"], counts["test"])
+  tests_section = re.search(r"\(`tests/data/cifar10-mini.tar.gz`, (\d+) train and (\d+) test "
+                            r"JPEGs", text)
+  assert tuple(map(int, tests_section.groups())) == (counts["train"], counts["test"])
+  monkeypatch.chdir(REPO_ROOT)
+  assert cli.main(["run_train.py", "train", "--help"]) == 0
+  help_text = " ".join(capsys.readouterr().out.split())
+  assert (f"configs/cifar.py:smoke a tiny CPU run: {smoke.data.max_train_examples} / "
+          f"{smoke.data.max_test_examples} images, {smoke.num_epochs} epochs") in help_text

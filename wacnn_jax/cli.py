@@ -9,6 +9,7 @@
     python -m wacnn_jax reproduce --data D [--table cifar10] [--budget S ...]
     python -m wacnn_jax export --workdir W --out DIR [--which final|best | --step N]
     python -m wacnn_jax predict --pretrained NAME_OR_PATH IMAGE ... [--top_k 5]
+    python -m wacnn_jax cache [--clear | --older_than DAYS]
 
 `run_train.py --config ... --workdir ...` is `train`. Each command is the
 module `wacnn_jax.tools.<command>`, which owns its flags and what it runs
@@ -38,6 +39,7 @@ COMMANDS = {
     "reproduce": "Train the paper's comparison grid and write its results tables.",
     "export": "Write a run's trained weights (no optimiser state) for wacnn_jax.pretrained.load.",
     "predict": "The top classes of image files by trained weights (a shipped name or a path).",
+    "cache": "List the dataset and compilation caches (source, size, last use); clear them.",
 }
 
 

@@ -2,7 +2,7 @@
 
 Real images throughout: the committed mini CIFAR-10 archive and small folders
 copied from it. "Decoding" is counted (or forbidden) by wrapping
-`image_folders._decode_image`, which every image of a folder or archive
+`image_decoding.decode_image`, which every image of a folder or archive
 goes through.
 """
 
@@ -21,7 +21,9 @@ import pytest
 from configs import default
 from tests import helpers
 from wacnn_jax.data import cache as data_cache
+from wacnn_jax.data import cache_folder
 from wacnn_jax.data.dataset import Dataset
+from wacnn_jax.data import image_decoding
 from wacnn_jax.data import image_folders
 from wacnn_jax.data import pipeline
 
@@ -42,13 +44,13 @@ def data_config(image_folder, cache_dir, **fields) -> ml_collections.ConfigDict:
 def decodes(monkeypatch):
   """How many images have been decoded since the test started (a list of one count)."""
   count = [0]
-  decode = image_folders._decode_image
+  decode = image_decoding.decode_image
 
   def counting(data):
     count[0] += 1
     return decode(data)
 
-  monkeypatch.setattr(image_folders, "_decode_image", counting)
+  monkeypatch.setattr(image_decoding, "decode_image", counting)
   return count
 
 
@@ -68,8 +70,9 @@ def assert_same(a: Dataset, b: Dataset):
 
 
 def the_cache_file(cache_dir) -> str:
-  names = os.listdir(cache_dir)
-  assert len(names) == 1 and names[0].endswith(data_cache.SUFFIX), names
+  """The one data file of `cache_dir` (beside one index per source)."""
+  names = [n for n in os.listdir(cache_dir) if n.endswith(data_cache.SUFFIX)]
+  assert len(names) == 1, os.listdir(cache_dir)
   return os.path.join(cache_dir, names[0])
 
 
@@ -83,7 +86,7 @@ def test_second_load_reads_the_cache_and_decodes_nothing(tmp_path, cifar10_mini,
   def no_decoding(data):
     raise AssertionError("decoded an image although the cache is current")
 
-  monkeypatch.setattr(image_folders, "_decode_image", no_decoding)
+  monkeypatch.setattr(image_decoding, "decode_image", no_decoding)
   with caplog.at_level(logging.INFO, logger="absl"):
     second = pipeline.load(config)
   assert_same(second, uncached)
@@ -196,7 +199,7 @@ def test_default_cache_dir_is_under_the_user_cache_folder(tmp_path, mini_folder,
   the_cache_file(tmp_path / "xdg" / "wacnn_jax" / "datasets")
   monkeypatch.delenv("XDG_CACHE_HOME")
   monkeypatch.setenv("HOME", str(tmp_path / "home"))
-  assert data_cache.default_cache_dir() == str(
+  assert cache_folder.default_cache_dir() == str(
       tmp_path / "home" / ".cache" / "wacnn_jax" / "datasets")
 
 
@@ -212,20 +215,29 @@ def test_an_unwritable_cache_dir_is_a_warning(tmp_path, mini_folder, caplog):
 def test_caches_of_sources_that_are_gone_are_removed(tmp_path, mini_folder):
   cache = tmp_path / "cache"
   gone = shutil.copytree(mini_folder, tmp_path / "gone")
+  other = helpers.write_cifar_subset(helpers.CIFAR10_MINI, str(tmp_path / "other"),
+                                     {"train": 4, "test": 2})
   pipeline.load(data_config(gone, cache))
-  gone_cache = the_cache_file(cache)
+  pipeline.load(data_config(other, cache))
+  assert len(cache_folder.entries(str(cache))) == 2
   shutil.rmtree(gone)
+  shutil.rmtree(other)
   abandoned = cache / "x.npys.123.tmp"
   abandoned.write_bytes(b"partial")
-  old = time.time() - data_cache.ABANDONED_SECONDS - 10
+  old = time.time() - cache_folder.ABANDONED_SECONDS - 10
   os.utime(abandoned, (old, old))
   pipeline.load(data_config(mini_folder, cache))
-  assert the_cache_file(cache) != gone_cache
+  # gone's images are mini_folder's (a copy): their file stays, now serving mini_folder only;
+  # other's file, which no source uses any more, and the abandoned write are removed.
+  (entry,) = cache_folder.entries(str(cache))
+  assert entry.sources == (mini_folder,)
+  assert sorted(os.listdir(cache)) == sorted([os.path.basename(entry.path),
+                                              os.path.basename(entry.indexes[0])])
 
 
 RACER = """
 import os, sys, time, hashlib
-from wacnn_jax.data import cache as data_cache, image_folders
+from wacnn_jax.data import cache as data_cache, image_decoding, image_folders
 folder, cache, barrier, index = sys.argv[1:]
 
 def wait_for_both(stage):
@@ -234,8 +246,8 @@ def wait_for_both(stage):
     time.sleep(0.01)
 
 decoded = [0]
-decode, write = image_folders._decode_image, data_cache.write
-image_folders._decode_image = lambda data: decoded.__setitem__(0, decoded[0] + 1) or decode(data)
+decode, write = image_decoding.decode_image, data_cache.write
+image_decoding.decode_image = lambda data: decoded.__setitem__(0, decoded[0] + 1) or decode(data)
 data_cache.write = lambda *args: wait_for_both("decoded") or write(*args)
 wait_for_both("started")
 dataset = data_cache.read_cached(image_folders.read_image_folder, folder,
@@ -257,11 +269,77 @@ def test_two_processes_building_the_cache_at_once_both_succeed(tmp_path, mini_fo
   assert [r.returncode for r in racers] == [0, 0], [err[-2000:] for _, err in outputs]
   (decoded_0, digest_0), (decoded_1, digest_1) = (out.split() for out, _ in outputs)
   assert decoded_0 == decoded_1 == "50" and digest_0 == digest_1
-  assert os.listdir(cache) == [os.path.basename(the_cache_file(cache))]  # no temporary left
+  index = os.path.basename(data_cache.index_path(str(cache), mini_folder, SPLITS,
+                                                 {"cifar100_labels": "fine"}))
+  assert sorted(os.listdir(cache)) == sorted([os.path.basename(the_cache_file(cache)), index])
 
   def no_decoding(data):
     raise AssertionError("decoded an image although the cache is current")
 
-  monkeypatch.setattr(image_folders, "_decode_image", no_decoding)
+  monkeypatch.setattr(image_decoding, "decode_image", no_decoding)
   dataset = pipeline.load(data_config(mini_folder, cache))
   assert hashlib.sha256(dataset.train.images.tobytes()).hexdigest() == digest_0
+
+
+def test_an_archive_and_the_same_images_unpacked_share_one_copy(tmp_path, cifar10_mini,
+                                                                  decodes, caplog):
+  """Two sources, one content: two indexes name one data file; each reads it back."""
+  import tarfile  # pylint: disable=g-import-not-at-top
+  unpacked = tmp_path / "unpacked"
+  with tarfile.open(cifar10_mini) as archive:
+    archive.extractall(unpacked, filter="data")
+  (root,) = os.listdir(unpacked)
+  cache = tmp_path / "cache"
+  from_archive = pipeline.load(data_config(cifar10_mini, cache))
+  with caplog.at_level(logging.INFO, logger="absl"):
+    from_folder = pipeline.load(data_config(unpacked / root, cache))
+  assert "one copy serves both" in caplog.text
+  data_file = the_cache_file(cache)
+  indexes = [n for n in os.listdir(cache) if n.endswith(cache_folder.INDEX_SUFFIX)]
+  assert len(indexes) == 2
+  (entry,) = cache_folder.entries(str(cache))
+  assert entry.path == data_file and entry.size == os.path.getsize(data_file)
+  assert entry.sources == tuple(sorted([os.path.abspath(cifar10_mini),
+                                        str(unpacked / root)]))
+  decoded = decodes[0]
+  for source, expected in ((cifar10_mini, from_archive), (unpacked / root, from_folder)):
+    np.testing.assert_array_equal(pipeline.load(data_config(source, cache)).train.images,
+                                  expected.train.images)
+  assert decodes[0] == decoded  # both read from the one file
+  np.testing.assert_array_equal(from_archive.test.images, from_folder.test.images)
+
+
+def test_a_file_of_the_earlier_cache_format_is_removed(tmp_path, mini_folder):
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  earlier = cache / "mini-0123456789abcdef.npys"  # format 1 kept no index beside it
+  np.save(open(earlier, "wb"), np.array('{"identity": {}}'), allow_pickle=False)
+  pipeline.load(data_config(mini_folder, cache))
+  assert not earlier.exists() and the_cache_file(cache) != str(earlier)
+
+
+def test_the_size_cap_removes_the_least_recently_used_first(tmp_path, cifar10_mini,
+                                                             mini_folder, caplog):
+  """Three sources under a cap that holds two: the one used longest ago goes, with a line."""
+  cache = tmp_path / "cache"
+  other = helpers.write_cifar_subset(helpers.CIFAR10_MINI, str(tmp_path / "other"),
+                                     {"train": 4, "test": 2})
+  sizes = {}
+  for source in (mini_folder, other):
+    pipeline.load(data_config(source, cache))
+    sizes[source] = max(cache_folder.entries(str(cache)), key=lambda e: e.last_used).size
+  # mini_folder used again, later than other: other is now the least recently used.
+  time.sleep(0.05)
+  pipeline.load(data_config(mini_folder, cache))
+  archive_size = 2 * sum(sizes.values())  # the archive's file is much larger than both
+  cap_gb = (sizes[mini_folder] + 4 * sizes[other] + 10 * archive_size) / 2**30
+  with caplog.at_level(logging.INFO, logger="absl"):
+    pipeline.load(data_config(cifar10_mini, cache, cache_max_gb=cap_gb / 100))
+  # The cap (1 % of the above) is below even the newest file alone: both older ones go, the
+  # one just written stays.
+  assert "is over its cap" in caplog.text and "data.cache_max_gb" in caplog.text
+  removed = [line for line in caplog.text.splitlines() if "is over its cap" in line]
+  assert len(removed) == 2
+  assert str(tmp_path / "other") in removed[0] and mini_folder in removed[1]
+  (kept,) = cache_folder.entries(str(cache))
+  assert kept.sources == (os.path.abspath(cifar10_mini),)

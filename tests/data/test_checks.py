@@ -26,6 +26,7 @@ from configs import default
 from tests.helpers import CIFAR10_MINI
 from wacnn_jax.data import checks
 from wacnn_jax.data.dataset import DatasetError
+from wacnn_jax.data import image_decoding
 from wacnn_jax.data import image_folders
 from wacnn_jax.data import pipeline
 from wacnn_jax.data import tfds_datasets
@@ -354,7 +355,7 @@ def test_every_pillow_mode_is_read_or_refused_by_name(mode):
   """A Pillow image of any mode gives 8-bit RGB or one DatasetError naming its mode."""
   image = Image.new(mode, (5, 4))
   try:
-    pixels = image_folders.read_image(image)
+    pixels = image_decoding.read_image(image)
   except DatasetError as e:
     assert f"mode {mode}" in str(e) and "\n" not in str(e)
     assert mode in ("I", "F", "La")

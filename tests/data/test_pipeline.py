@@ -216,6 +216,24 @@ def test_tfds_missing_without_network_fails_fast(tmp_path, monkeypatch):
     pipeline.load(data_config(dataset="cifar10", data_dir=str(tmp_path)))
 
 
+def test_preparing_without_tensorflow_is_one_line_naming_the_install(tmp_path, monkeypatch):
+  """tfds prepares CIFAR only with TensorFlow (its extractor, its CIFAR reader and its PNG
+  encoder call TensorFlow): without it, a line says so before any download."""
+  pytest.importorskip("tensorflow_datasets")
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "tensorflow" else find_spec(name, *a))
+  monkeypatch.setattr(tfds_datasets, "_network_reachable", lambda: True)
+  with pytest.raises(DatasetError) as info:
+    pipeline.load(data_config(dataset="cifar10", data_dir=str(tmp_path)))
+  message = str(info.value)
+  assert message.startswith("tfds needs TensorFlow to download and prepare 'cifar10' (once; "
+                            "reading it later does not): pip install tensorflow-cpu")
+  assert "data.image_folder" in message and "\n" not in message
+  assert os.listdir(tmp_path) == [] or "downloads" not in os.listdir(tmp_path)
+
+
 # ---------------------------------------------------------------------------
 # Augmentation and normalisation.
 # ---------------------------------------------------------------------------

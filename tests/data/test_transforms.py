@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from wacnn_jax.data import augmentation_settings
 from wacnn_jax.data import transforms
 
 
@@ -13,9 +14,9 @@ from wacnn_jax.data import transforms
                                             ((48, 40), "random_resized_crop"),
                                             ((64, 64), "random_resized_crop")])
 def test_auto_augmentation_goes_by_size(size, expected):
-  assert transforms.choose_augmentation("auto", True, size) == expected
-  assert transforms.choose_augmentation("auto", False, size) == "none"
-  assert transforms.choose_augmentation("pad_crop", True, size) == "pad_crop"
+  assert augmentation_settings.choose_augmentation("auto", True, size) == expected
+  assert augmentation_settings.choose_augmentation("auto", False, size) == "none"
+  assert augmentation_settings.choose_augmentation("pad_crop", True, size) == "pad_crop"
 
 
 def test_crop_boxes_follow_torchvisions_ranges():
@@ -49,6 +50,6 @@ def test_random_resized_crop_flip_is_seeded_and_in_range():
   a = transforms.augment(images, jax.random.PRNGKey(2), "random_resized_crop")
   b = transforms.augment(images, jax.random.PRNGKey(2), "random_resized_crop")
   c = transforms.augment(images, jax.random.PRNGKey(3), "random_resized_crop")
-  assert a.shape == images.shape and a.dtype == jnp.float32
+  assert a.shape == images.shape and a.dtype == jnp.uint8
   assert jnp.array_equal(a, b) and not jnp.array_equal(a, c)
   assert float(a.min()) >= 0 and float(a.max()) <= 255

@@ -562,6 +562,9 @@ def test_batch_norm_momentum_and_epsilon():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(arch="resnet20"), r"unknown arch 'resnet20'.*resnet18.*vgg16_bn.*mobilenetv2"),
+    (dict(arch="resnet32"), r"The 32-layer CIFAR ResNet is 'resnet34'"),
+    (dict(arch="resnet56"), r"The 56-layer CIFAR ResNet is 'resnet50'"),
+    (dict(arch="vgg16"), r"unknown arch 'vgg16'\. Did you mean 'vgg16_bn'\?"),
     (dict(arch="resnet18", attention="sa"),
      r"unknown attention 'sa'; choose one of: none, se, cbam, eca, gc, wa \(alias wad\)\.$"),
     (dict(arch="resnet50", block="preact"), r"unknown block 'preact'.*basic, bottleneck"),

@@ -249,7 +249,7 @@ def test_reproduce_keeps_final_weights_before_deleting_checkpoints(
       f"shutil.copytree({smoke_wa_run.workdir!r}, workdir)\n")
   monkeypatch.setattr(grid_runs, "RUN_TRAIN", str(train_copy))
   smoke = ["data.max_train_examples=512", "data.max_test_examples=256", "batch_size=64",
-           "eval_batch_size=64", "num_epochs=2", "schedule.boundaries=(1,)"]
+           "eval_batch_size=64", "num_epochs=2", "schedule.name=cosine"]
   # Checkpoints under --keep_checkpoints_mb stay, and hold the final weights.
   small = str(tmp_path / "small")
   reproduce.reproduce("cifar10", ["resnet18"], ["wa"], 1, cifar10_mini, small, overrides=smoke,

@@ -158,7 +158,10 @@ def test_evaluate_a_chosen_step_through_the_cli(smoke_wa_run, tmp_path, capsys):
   assert result["figures"] == ["confusion.png", "attention_maps_wa0.png"]
   with Image.open(os.path.join(run.workdir, "attention_maps_wa0.png")) as image:
     assert image.size[0] > 500
-  assert "per-class accuracy" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "per-class accuracy" in out
+  assert out.splitlines()[-1] == (f"wrote in {os.path.abspath(run.workdir)}: eval.json, "
+                                  "confusion.png, attention_maps_wa0.png")
 
 
 def test_missing_or_wrong_checkpoints_are_clear_errors(smoke_wa_run, tmp_path, capsys):
@@ -170,6 +173,15 @@ def test_missing_or_wrong_checkpoints_are_clear_errors(smoke_wa_run, tmp_path, c
   assert "error: no checkpoints in" in err and "Traceback" not in err
   assert cli.main(["wacnn_jax", "evaluate", "--workdir", empty]) == 1
   assert "config.json does not exist" in capsys.readouterr().err
+  # A workdir that does not exist (a typo): one line, and nothing created on the way.
+  typo = tmp_path / "typo" / "run"
+  for command in (["--workdir", str(typo)], ["--workdir", str(typo), "--config",
+                                               "configs/cifar.py:smoke"]):
+    assert cli.main(["wacnn_jax", "evaluate", *command]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: --workdir {typo} does not exist; give the folder of a training run "
+                   "(the --workdir it was trained with).\n")
+  assert not (tmp_path / "typo").exists()
 
   config = smoke_run_config(smoke_wa_run.config.data.image_folder)
   options = evaluate.default_options()

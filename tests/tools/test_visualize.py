@@ -1,6 +1,8 @@
 """`wacnn_jax.tools.visualize`: WA maps and feature maps of real checkpoints, and the figures."""
 
+import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -155,3 +157,30 @@ def test_command_line(smoke_wa_run, smoke_baseline_run, tmp_path, capsys):
   assert cli.main(["wacnn_jax", "visualize", "--workdir", smoke_baseline_run.workdir,
                    "--out", out]) == 1
   assert "no WA blocks" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("arch", "resnet34", "architecture resnet34 (baseline) vs resnet18"),
+    ("dataset", "cifar100", "dataset cifar100 (baseline) vs "),
+    ("classes", ["a", "b"], "classes 2 (a, b, ...) (baseline) vs 10 (airplane, automobile, bird"),
+])
+def test_a_baseline_of_another_network_or_data_is_named(smoke_wa_run, smoke_baseline_run,
+                                                        tmp_path, capsys, field, value, named):
+  """The comparison names what differs before restoring anything (a copy of the baseline run
+  whose records say it is another network or data)."""
+  other = tmp_path / "other"
+  shutil.copytree(smoke_baseline_run.workdir, other, ignore=shutil.ignore_patterns(".lock"))
+  name = "config.json" if field == "arch" else "dataset.json"
+  record = json.loads((other / name).read_text())
+  if field == "arch":
+    record["model"]["arch"] = value
+  else:
+    record["name" if field == "dataset" else "class_names"] = value
+  (other / name).write_text(json.dumps(record))
+  out = str(tmp_path / "maps.png")
+  assert cli.main(["wacnn_jax", "visualize", "--workdir", smoke_wa_run.workdir,
+                   "--baseline", str(other), "--out", out]) == 1
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: the baseline {other} is not the WA model's network without WA: ")
+  assert named in err and "Give a baseline trained with the same architecture" in err
+  assert len(err.splitlines()) == 1 and not os.path.exists(out)

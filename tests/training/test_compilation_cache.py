@@ -65,9 +65,12 @@ def test_enable_keeps_every_program_in_the_folder(tmp_path, jax_cache_settings, 
   second = compilation_cache.enable(str(tmp_path / "second"))
   compile_something(4.25)
   assert len(entries(first)) == 1 and len(entries(second)) == 1
-  # '' (the default) and None leave JAX's settings alone.
-  assert compilation_cache.enable("") is None and compilation_cache.enable(None) is None
+  # '' leaves JAX's settings alone; None (the default) is the per-machine folder.
+  assert compilation_cache.enable("") is None
   assert jax.config.jax_compilation_cache_dir == second
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "default"))
+  assert compilation_cache.enable(None) == str(tmp_path / "default")
+  assert jax.config.jax_compilation_cache_dir == str(tmp_path / "default")
 
 
 def test_an_unusable_folder_is_a_warning(tmp_path, jax_cache_settings, caplog):

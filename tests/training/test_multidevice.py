@@ -41,9 +41,8 @@ SCRIPT = textwrap.dedent(r"""
         indices = np.broadcast_to(  # (devices, R, steps, b): the same batch for every replica
             np.arange(global_batch, dtype=np.int32).reshape(len(devices), 1, 1, per_device),
             (len(devices), num_seeds, 1, per_device))
-        replicated = jax_utils.replicate((images, labels), devices=devices)
         after, metrics = p_train(jax_utils.replicate(state, devices=devices),
-                                 *replicated, indices)
+                                 images[indices], labels[indices])
         return state, parallel.unreplicate(after), jax.device_get(metrics)
 
     # Replica 1 (seed 1) of two on 8 devices is the single-seed run of seed 1 on one

@@ -30,11 +30,14 @@ rounding, not the multi-process path. The test requires:
   of every batch, give ~1 here.
 
 and that process 0 alone writes metrics.jsonl, TensorBoard events,
-config.json and eval.json. A second test makes one process fail and checks
-that the other ends too, within seconds. Every launch has a deadline; on
+config.json and eval.json. A second test streams (data.pipeline='stream') on
+two processes: in an epoch, the images their devices receive are the
+training set, each once, each process its own shard; then they train. A third
+makes one process fail and checks that the other ends too, within seconds. Every launch has a deadline; on
 failure or timeout all its processes are killed and their output is shown.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -51,7 +54,9 @@ from PIL import Image
 import pytest
 
 from configs import cifar
+from tests import helpers
 from tests.helpers import REPO_ROOT
+from wacnn_jax.data import image_folders
 from wacnn_jax.training import parallel
 from wacnn_jax.training import restore
 
@@ -311,6 +316,65 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, compilation_
     assert two_state.step == one_state.step == step
     worst, overall = update_differences(start, two_state.variables, one_state.variables)
     assert worst <= 3e-2 and overall <= 3e-3, (step, worst, overall)
+
+
+STREAM_SCRIPT = textwrap.dedent(r"""
+    import hashlib, json, sys
+    import numpy as np
+    from configs import cifar
+    from wacnn_jax.data import pipeline
+    from wacnn_jax.training import parallel, stream_feed, train
+
+    folder, port, process, workdir, out = sys.argv[1:]
+    config = cifar.get_config("smoke")
+    config.data.image_folder = folder
+    config.data.pipeline, config.data.workers, config.data.augment = "stream", 1, False
+    config.batch_size, config.eval_batch_size, config.num_epochs = 8, 8, 1
+    config.distributed, config.num_processes = True, 2
+    config.coordinator_address, config.process_id = f"127.0.0.1:{port}", int(process)
+    parallel.initialize_distributed(config)
+    dataset = pipeline.load(config.data)
+    topology = parallel.Topology.current()
+    steps = len(dataset.train) // config.batch_size
+    feed = stream_feed.StreamFeed(config, dataset, topology, [0, 1], steps)
+    reads = {"0": [], "1": []}
+    for step in range(steps):  # epoch 1, as the devices receive it
+      images, labels = feed.train_chunk(None, 0, step, 1)
+      for shard in images.addressable_shards:  # (1, R, 1, b, H, W, C)
+        for replica, batch in enumerate(np.asarray(shard.data)[0, :, 0]):
+          reads[str(replica)] += [hashlib.sha256(image.tobytes()).hexdigest() for image in batch]
+    feed.close()
+    config.data.augment, config.num_seeds = True, 1
+    train.train_and_evaluate(config, workdir)
+    with open(out, "w") as f:
+      json.dump(reads, f)
+""")
+
+
+def test_two_processes_stream_their_own_shards(tmp_path, compilation_cache):
+  """Each of 2 processes (2 devices each) streams its shard: in an epoch, what the devices
+  receive is the training set, every image once, for each replica; then they train."""
+  folder = helpers.write_cifar_subset(helpers.CIFAR10_MINI, str(tmp_path / "images"),
+                                      {"train": 4, "test": 2})  # 40 = 5 steps of 8
+  port = free_port()
+  outputs = [str(tmp_path / f"reads{i}.json") for i in range(2)]
+  launch([[sys.executable, "-c", STREAM_SCRIPT, folder, str(port), str(i),
+           str(tmp_path / "run"), outputs[i]] for i in range(2)],
+         environment(2, compilation_cache), str(tmp_path), "stream")
+  reads = []
+  for path in outputs:
+    with open(path) as f:
+      reads.append(json.load(f))
+  expected = sorted(hashlib.sha256(image.tobytes()).hexdigest()
+                    for image in image_folders.read_image_folder(folder).train.images)
+  for replica in ("0", "1"):
+    assert len(reads[0][replica]) == len(reads[1][replica]) == 20
+    assert not set(reads[0][replica]) & set(reads[1][replica])  # their own shards
+    assert sorted(reads[0][replica] + reads[1][replica]) == expected
+  assert reads[0]["0"] != reads[0]["1"]  # each replica its own order
+  with open(tmp_path / "run" / "metrics.jsonl") as f:
+    assert [json.loads(line)["epoch"] for line in f] == [1]
+  assert json.load(open(tmp_path / "run" / "dataset.json"))["pipeline"] == "stream"
 
 
 def test_a_failing_process_stops_the_other(tmp_path, compilation_cache):

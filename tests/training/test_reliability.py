@@ -51,8 +51,8 @@ import os, runpy, signal, sys
 from wacnn_jax.training import checkpointing
 kill_at, saves = int(sys.argv.pop(1)), []
 save = checkpointing.Checkpointer.save
-def save_and_die(self, step, state, meta):
-    save(self, step, state, meta)
+def save_and_die(self, step, state, meta, position=None):
+    save(self, step, state, meta, position)
     saves.append(step)
     if len(saves) == kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -519,7 +519,7 @@ def test_config_is_checked_and_workdir_prepared_before_any_data(tmp_path, subpro
   result = run_cli(subprocess_env, a_file, missing)
   assert_one_error_line(result, "is a file, not a directory")
   result = run_cli(subprocess_env, a_file, missing, command="evaluate")
-  assert_one_error_line(result, "no checkpoints in")
+  assert_one_error_line(result, f"--workdir {a_file} is a file; give the folder of a training run")
 
 
 @pytest.mark.parametrize("content, message", [
@@ -550,7 +550,7 @@ def test_workdir_arguments_are_what_the_user_meant(tmp_path, monkeypatch, capsys
   monkeypatch.chdir(tmp_path)
   # A shell leaves ~ after = alone; the command expands it (evaluate: the same code, no data).
   assert cli.main(["wacnn_jax", "evaluate", "--workdir=~/runs/a"]) == 1
-  assert f"error: {tmp_path}/home/runs/a/config.json does not exist" in capsys.readouterr().err
+  assert f"error: --workdir {tmp_path}/home/runs/a does not exist" in capsys.readouterr().err
   assert not os.path.exists(tmp_path / "~")
 
 

@@ -62,6 +62,7 @@ def test_sgd_matches_pytorch_formula():
 
 def test_step_schedule_follows_the_reference_epochs():
   config = cifar.get_config("smoke")
+  config.schedule.name = "step"
   config.schedule.boundaries = (81, 121)
   config.num_epochs = 160
   spe = 7

@@ -1,39 +1,44 @@
-"""Image folders decoded once: their uint8 splits kept in one file per source.
+"""Image folders decoded once: their uint8 splits kept in one file per content.
 
     dataset = cache.read_cached(image_folders.read_image_folder, path,
                                 splits=("train", "test"), cache_dir=None,
-                                options={"cifar100_labels": "fine"})
+                                options={"cifar100_labels": "fine"}, max_gb=20.0)
 
 `pipeline.load` reads `data.image_folder` (a folder or an
 archive of one) through `read_cached`. The first run decodes every JPEG/PNG
-and writes the whole splits (before any `max_*_examples` subset) to
-`<cache_dir>/<source name>-<16 hex digits>.npys`, the digits a hash of the
-source's absolute path, the splits and the reader's options; later runs read that file instead
-(CIFAR-10's 60,000 images: 184 MB, mapped into memory and checked in a
-fraction of a second).
-`cache_dir` is `data.cache_dir`: None = `default_cache_dir()`, '' = no cache.
+and writes the whole splits (before any `max_*_examples` subset, so a subset
+and the whole source share one file) to `<cache_dir>/<name>-<16 hex
+digits>.npys`, the digits those of the arrays' sha256: the same images from
+another source (an archive and the same images unpacked into a folder) are
+kept once. Each source has an index beside it (`cache_folder`:
+`<name>-<16 hex>.source.json`, the digits a hash of the source's absolute
+path, the splits and the reader's options) that names its data file; later
+runs read that file instead of decoding (CIFAR-10's 60,000 images: 184 MB,
+mapped into memory and checked in a fraction of a second).
+`cache_dir` is `data.cache_dir`: None = `cache_folder.default_cache_dir()`, '' = no cache.
 
-The file is a sequence of `.npy` records (`numpy.lib.format`, no pickles):
-first `meta`, a JSON string, then per split `images` uint8 (N, H, W, 3) and
-`labels` int32 (N,). `meta` holds the format version, the source's identity
-(`source_identity`), the dataset name, the class names, the arrays' shapes and
-the sha256 of their bytes.
+The data file is a sequence of `.npy` records (`numpy.lib.format`, no
+pickles): first `meta`, a JSON string, then per split `images` uint8 (N, H,
+W, 3) and `labels` int32 (N,). `meta` holds the format version, the class
+names, the arrays' shapes and the sha256 of the class names and the arrays'
+bytes.
 
 A cache is used only when it is sound and current: the source's identity
 (absolute path; an archive's size, modification time and sha256; a folder's
 total size, newest modification time and the sha256 of its listing with
 every file's size and modification time; the splits and the reader's options
 (an official CIFAR-100 archive's label set); the Pillow version
-that decodes) equals the stored one, and the arrays' sha256 matches. A stale
-or damaged cache (changed source, a file cut short or corrupted) is decoded
-again and replaced, saying why in the log.
+that decodes) equals the one its index recorded, and the arrays' sha256
+matches. A stale or damaged cache (changed source, a file cut short or
+corrupted) is decoded again and replaced, saying why in the log.
 
-Writing is atomic (a temporary file in the cache folder, then `os.replace`):
-runs that build the same cache at once each write a complete file and the
-last rename wins, so readers only ever see one complete cache. A cache that
-cannot be written (a read-only folder, a full disk) is a warning; the run goes
-on with the decoded images. Whenever a cache is written, the caches whose
-source no longer exists and the temporary files of killed writes are removed.
+Writing is atomic (a temporary file in the cache folder, then `os.replace`),
+the index before its data file: runs that build the same cache at once each
+write complete files and the last rename wins, so readers only ever see
+complete files. A cache that cannot be written (a read-only folder, a full
+disk) is a warning; the run goes on with the decoded images. Whenever a
+cache is written, the folder is tidied (`cache_folder.remove_orphans`) and
+kept under its size cap (`cache_folder.enforce_cap`, `data.cache_max_gb`).
 """
 
 from __future__ import annotations
@@ -48,19 +53,13 @@ from absl import logging
 import numpy as np
 import PIL
 
+from wacnn_jax.data import cache_folder
 from wacnn_jax.data import checks
 from wacnn_jax.data.dataset import Dataset, Split
 from wacnn_jax.files import atomic
 
-FORMAT = 1  # bump when the file layout or what it holds changes
+FORMAT = 2  # bump when the file layout or what it holds changes
 SUFFIX = ".npys"
-ABANDONED_SECONDS = 3600  # a temporary file this old is from a write that was killed
-
-
-def default_cache_dir() -> str:
-  """`$XDG_CACHE_HOME/wacnn_jax/datasets`, or `~/.cache/wacnn_jax/datasets`."""
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "wacnn_jax", "datasets")
 
 
 def source_identity(path: str, splits: Sequence[str], options: dict | None = None) -> dict:
@@ -88,13 +87,12 @@ def source_identity(path: str, splits: Sequence[str], options: dict | None = Non
               sha256=checks.file_sha256(path))
 
 
-def cache_path(cache_dir: str, path: str, splits: Sequence[str],
+def index_path(cache_dir: str, path: str, splits: Sequence[str],
                options: dict | None = None) -> str:
-  """The cache file of `path`'s `splits` (read with `options`) in `cache_dir`."""
+  """The index of `path`'s `splits` (read with `options`) in `cache_dir`."""
   path = os.path.abspath(os.path.expanduser(str(path)))
-  key = hashlib.sha256(json.dumps([path, list(splits), options or {}], sort_keys=True).encode()).hexdigest()[:16]
-  name = os.path.basename(path.rstrip(os.sep)) or "root"
-  return os.path.join(cache_dir, f"{name}-{key}{SUFFIX}")
+  return os.path.join(cache_dir, cache_folder.file_name(
+      path, [path, list(splits), options or {}], cache_folder.INDEX_SUFFIX))
 
 
 def _arrays(dataset: Dataset) -> list[np.ndarray]:
@@ -102,8 +100,8 @@ def _arrays(dataset: Dataset) -> list[np.ndarray]:
   return [dataset.train.images, dataset.train.labels, dataset.test.images, dataset.test.labels]
 
 
-def _payload_sha256(arrays: Sequence[np.ndarray]) -> str:
-  digest = hashlib.sha256()
+def _payload_sha256(arrays: Sequence[np.ndarray], class_names: Sequence[str]) -> str:
+  digest = hashlib.sha256(json.dumps(list(class_names)).encode())
   for array in arrays:
     digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
   return digest.hexdigest()
@@ -128,83 +126,86 @@ class StaleCache(Exception):
   """The cache was written for another version of the source (the message says what changed)."""
 
 
-def read(file_path: str, identity: dict) -> Dataset:
-  """The dataset cached in `file_path`.
+def read(file_path: str, name: str, sha256: str | None = None) -> Dataset:
+  """The dataset cached in `file_path`, named `name`.
 
-  Raises StaleCache when the cache's identity is not `identity`, and any
-  other exception when the file is missing or damaged.
+  Raises ValueError when its arrays do not match their recorded shapes and
+  sha256 (or `sha256`, when given), and any other exception when the file is
+  missing or damaged.
   """
   with open(file_path, "rb") as f:
     meta = json.loads(str(np.load(f, allow_pickle=False)))
-    if meta["identity"] != identity:
-      changed = sorted(k for k in set(identity) | set(meta["identity"])
-                       if identity.get(k) != meta["identity"].get(k))
-      raise StaleCache(f"the source changed since it was cached ({', '.join(changed)})")
+    if meta.get("format") != FORMAT:
+      raise ValueError(f"it is of format {meta.get('format')}, not {FORMAT}")
     arrays = [_map_next_array(f, file_path) for _ in meta["arrays"]]
   shapes = [[list(a.shape), a.dtype.str] for a in arrays]
-  if shapes != meta["arrays"] or _payload_sha256(arrays) != meta["sha256"]:
+  digest = _payload_sha256(arrays, meta["class_names"])
+  if shapes != meta["arrays"] or digest != meta["sha256"] or sha256 not in (None, digest):
     raise ValueError("its arrays do not match their recorded shapes and sha256")
   train_images, train_labels, test_images, test_labels = arrays
   return Dataset(
-      name=meta["name"], train=Split(train_images, train_labels),
+      name=name, train=Split(train_images, train_labels),
       test=Split(test_images, test_labels),
       class_names=tuple(meta["class_names"]))
 
 
-def write(file_path: str, identity: dict, dataset: Dataset) -> None:
-  """Writes `dataset` as the cache `file_path` atomically (temporary file, then rename)."""
+def data_file(cache_dir: str, source: str, dataset: Dataset) -> tuple[str, str]:
+  """(the path of `dataset`'s data file in `cache_dir`, the sha256 that names it): the file
+  of that content already there (from another source), else `<source's name>-<16 hex>`."""
+  digest = _payload_sha256(_arrays(dataset), dataset.class_names)
+  name = cache_folder.file_name(source, digest, SUFFIX)
+  same_content = sorted(n for n in os.listdir(cache_dir)
+                        if n.endswith(name[name.rindex("-"):]))
+  return os.path.join(cache_dir, same_content[0] if same_content else name), digest
+
+
+def write(file_path: str, digest: str, dataset: Dataset) -> None:
+  """Writes `dataset` as the data file `file_path` (its sha256 `digest`) atomically
+  (temporary file, then rename), unless a sound one is there already (the same images
+  from another source)."""
+  try:
+    read(file_path, dataset.name, digest)
+    logging.info("%s holds these images already (the same content from another source): "
+                 "one copy serves both.", file_path)
+    return
+  except Exception:  # pylint: disable=broad-except
+    pass
   arrays = _arrays(dataset)
-  meta = {"identity": identity, "name": dataset.name, "class_names": list(dataset.class_names),
-          "arrays": [[list(a.shape), a.dtype.str] for a in arrays],
-          "sha256": _payload_sha256(arrays)}
-  os.makedirs(os.path.dirname(file_path), exist_ok=True)
+  meta = {"format": FORMAT, "class_names": list(dataset.class_names),
+          "arrays": [[list(a.shape), a.dtype.str] for a in arrays], "sha256": digest}
   with atomic.atomic_writer(file_path) as f:
     np.save(f, np.array(json.dumps(meta)), allow_pickle=False)
     for array in arrays:
       np.save(f, array, allow_pickle=False)
 
 
-def remove_orphans(cache_dir: str) -> None:
-  """Removes from `cache_dir` the caches whose source no longer exists and the temporary
-  files of writes that stopped more than `ABANDONED_SECONDS` ago (errors ignored)."""
-  for name in os.listdir(cache_dir):
-    file_path = os.path.join(cache_dir, name)
-    try:
-      if name.endswith(atomic.TEMPORARY_SUFFIX):
-        if time.time() - os.stat(file_path).st_mtime > ABANDONED_SECONDS:
-          os.remove(file_path)
-        continue
-      if not name.endswith(SUFFIX):
-        continue
-      with open(file_path, "rb") as f:
-        source = json.loads(str(np.load(f, allow_pickle=False)))["identity"]["path"]
-      if not os.path.exists(source):
-        os.remove(file_path)
-        logging.info("Removed the dataset cache %s: its source %s no longer exists.",
-                     file_path, source)
-    except Exception:  # pylint: disable=broad-except
-      continue  # being replaced, damaged or not ours: left for its own reader
-
-
 def read_cached(decode: Callable[..., Dataset], path: str,
                 splits: Sequence[str], cache_dir: str | None,
-                options: dict | None = None) -> Dataset:
+                options: dict | None = None, max_gb: float | None = None) -> Dataset:
   """`decode(path, splits=splits, **options)`, read from the cache in `cache_dir` when current.
 
-  `cache_dir`: None = `default_cache_dir()`, '' = no cache (decode every time).
-  Errors of `decode` (a missing folder, a bad image) pass through, and
-  nothing is cached then.
+  `cache_dir`: None = `cache_folder.default_cache_dir()`, '' = no cache (decode every time).
+  `max_gb`: the folder's size cap (None or 0: none). Errors of `decode` (a
+  missing folder, a bad image) pass through, and nothing is cached then.
   """
   if cache_dir == "":
     return decode(path, splits=splits, **(options or {}))
   if not os.path.exists(os.path.expanduser(str(path))):
     return decode(path, splits=splits, **(options or {}))  # its own error says what is wrong
-  cache_dir = os.path.abspath(os.path.expanduser(cache_dir or default_cache_dir()))
-  file_path = cache_path(cache_dir, path, splits, options)
+  cache_dir = os.path.abspath(os.path.expanduser(cache_dir or cache_folder.default_cache_dir()))
+  index = index_path(cache_dir, path, splits, options)
   identity = source_identity(path, splits, options)
   start = time.perf_counter()
+  file_path = None
   try:
-    dataset = read(file_path, identity)
+    record = cache_folder.read_index(index)
+    if record["identity"] != identity:
+      changed = sorted(k for k in set(identity) | set(record["identity"])
+                       if identity.get(k) != record["identity"].get(k))
+      raise StaleCache(f"the source changed since it was cached ({', '.join(changed)})")
+    file_path = os.path.join(cache_dir, record["data"])
+    dataset = read(file_path, record["name"], record["sha256"])
+    cache_folder.touch(file_path, index)
     logging.info("Read %s from the dataset cache %s in %.2f s.", path, file_path,
                  time.perf_counter() - start)
     return dataset
@@ -215,17 +216,24 @@ def read_cached(decode: Callable[..., Dataset], path: str,
   except Exception as e:  # pylint: disable=broad-except
     why = f"is damaged ({type(e).__name__}: {e})"
   if why:
-    logging.warning("The dataset cache %s %s; decoding %s again.", file_path, why, path)
+    logging.warning("The dataset cache %s %s; decoding %s again.", file_path or index, why,
+                    path)
   start = time.perf_counter()
   dataset = decode(path, splits=splits, **(options or {}))
   decode_seconds = time.perf_counter() - start
   try:
-    write(file_path, identity, dataset)
-    remove_orphans(cache_dir)
+    os.makedirs(cache_dir, exist_ok=True)
+    file_path, digest = data_file(cache_dir, path, dataset)
+    cache_folder.write_index(index, {  # first: a data file no index names is removed
+        "source": os.path.abspath(os.path.expanduser(str(path))), "identity": identity,
+        "data": os.path.basename(file_path), "name": dataset.name, "sha256": digest})
+    write(file_path, digest, dataset)
+    cache_folder.remove_orphans(cache_dir)
+    cache_folder.enforce_cap(cache_dir, max_gb, keep=file_path)
   except OSError as e:
-    logging.warning("Could not write the dataset cache %s (%s); going on without it. "
+    logging.warning("Could not write the dataset cache in %s (%s); going on without it. "
                     "Set --config.data.cache_dir to a writable folder, or '' for none.",
-                    file_path, e)
+                    cache_dir, e)
     return dataset
   logging.info("Decoded %s in %.1f s; cached it in %s (data.cache_dir).", path,
                decode_seconds, file_path)

@@ -12,7 +12,8 @@ which applies, whatever the source:
   a warning naming the classes. Raises DatasetError naming the problem and the fix.
 - `summarize(dataset, source)`: a `DatasetSummary` of the splits as trained
   on (after `data.max_*_examples`): counts per split and class, the image
-  shape, the sha256 of each split's decoded images and labels, and the sha256
+  shape, the sha256 of each split's decoded images and labels (of a streamed
+  split's listing: each record's name, size and label), and the sha256
   of the source file where the source is one (an archive). It is logged
   (`DatasetSummary.line`) and training writes it to `<workdir>/dataset.json`;
   the checksums are part of what a resume must match.
@@ -31,7 +32,7 @@ from absl import logging
 import numpy as np
 import PIL
 
-from wacnn_jax.data.dataset import DatasetError
+from wacnn_jax.data.dataset import DatasetError, Split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,7 @@ class SplitSummary:
 
   examples: int
   per_class: tuple[int, ...]
-  sha256: str  # of its decoded uint8 images and int32 labels (`content_sha256`)
+  sha256: str  # `checksum()`: of the decoded images and labels (a stream's: its listing)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,7 @@ class DatasetSummary:
   splits: dict[str, SplitSummary]  # "train", "test"
   decoder: str  # the image decoder, e.g. "Pillow 12.0.0"
   preprocessing: Any = None  # transforms.Preprocessing: normalisation and augmentation
+  pipeline: str = "memory"  # "memory" (decoded into memory) or "stream" (read on demand)
 
   def line(self) -> str:
     """The summary in one log line (checksums shortened to 16 hex digits)."""
@@ -69,6 +71,8 @@ class DatasetSummary:
       by = ("the reference's CIFAR mean and std" if norm.source == "cifar" else
             f"the training images' mean {_triple(norm.mean)} and std {_triple(norm.std)}")
       normalised = f"; normalised by {by}; train augmentation {self.preprocessing.augmentation}"
+    if self.pipeline == "stream":
+      source += ", streamed"
     return (f"dataset {self.name} ({source}): {len(self.class_names)} classes, "
             f"{'x'.join(map(str, self.image_shape))} images; {splits}{normalised}")
 
@@ -82,6 +86,7 @@ class DatasetSummary:
                            "per_class": dict(zip(self.class_names, s.per_class))}
                    for split, s in self.splits.items()},
         "preprocessing": None if self.preprocessing is None else self.preprocessing.to_json(),
+        "pipeline": self.pipeline,
     }
 
 
@@ -92,7 +97,7 @@ def check_dataset(dataset, where: str, allow_missing_classes: bool = False) -> N
   """
   splits = {"train": dataset.train, "test": dataset.test}
   for split, data in splits.items():
-    if data.images.dtype != np.uint8:
+    if isinstance(data, Split) and data.images.dtype != np.uint8:
       raise DatasetError(f"the {split} images of {where} are {data.images.dtype}, not uint8; "
                          "convert them to 8-bit RGB first.")
     labels = np.asarray(data.labels)
@@ -100,7 +105,7 @@ def check_dataset(dataset, where: str, allow_missing_classes: bool = False) -> N
       raise DatasetError(
           f"the {split} labels of {where} run from {labels.min()} to {labels.max()}, outside "
           f"the {dataset.num_classes} classes 0..{dataset.num_classes - 1}.")
-  shapes = {split: tuple(data.images.shape[1:]) for split, data in splits.items()}
+  shapes = {split: tuple(data.image_shape) for split, data in splits.items()}
   if len(set(shapes.values())) > 1:
     raise DatasetError(
         f"the splits of {where} have images of different sizes ("
@@ -147,14 +152,6 @@ def _names(classes: Sequence[str], shown: int = 5) -> str:
   return names + (f" and {len(classes) - shown} more" if len(classes) > shown else "")
 
 
-def content_sha256(images: np.ndarray, labels: np.ndarray) -> str:
-  """sha256 of a split as trained on: its shape, then its uint8 images and int32 labels (little endian)."""
-  digest = hashlib.sha256(f"{images.shape}".encode())
-  digest.update(np.ascontiguousarray(images, np.uint8).data)
-  digest.update(np.ascontiguousarray(labels, "<i4").data)
-  return digest.hexdigest()
-
-
 def file_sha256(path: str) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as f:
@@ -177,6 +174,7 @@ def summarize(dataset, source: str, preprocessing=None) -> DatasetSummary:
           examples=len(data),
           per_class=tuple(int(n) for n in np.bincount(data.labels,
                                                        minlength=dataset.num_classes)),
-          sha256=content_sha256(data.images, data.labels))
+          sha256=data.checksum())
               for split, data in (("train", dataset.train), ("test", dataset.test))},
-      decoder=f"Pillow {PIL.__version__}", preprocessing=preprocessing)
+      decoder=f"Pillow {PIL.__version__}", preprocessing=preprocessing,
+      pipeline="stream" if dataset.streamed else "memory")

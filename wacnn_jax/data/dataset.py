@@ -1,13 +1,18 @@
-"""What every reader returns: a `Dataset` of two `Split`s held in host memory, or a `DatasetError`.
+"""What every reader returns: a `Dataset` of two splits, or a `DatasetError`.
 
-    dataset.train.images   uint8 (N, H, W, 3) NHWC
+    dataset.train.images   uint8 (N, H, W, 3) NHWC (a `Split`, held in host memory)
     dataset.train.labels   int32 (N,)
     dataset.class_names    label k's name; dataset.num_classes, dataset.image_shape (H, W, 3)
+
+The memory pipeline's splits are `Split`s; the stream pipeline's are
+`streaming.StreamSplit`s, read on demand. Both have `len`, `labels`,
+`image_shape`, `checksum()`, `subset(n)` and `statistics_sample()`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -34,6 +39,18 @@ class Split:
   def __len__(self) -> int:
     return int(self.labels.shape[0])
 
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
+  def checksum(self) -> str:
+    """sha256 of the split's decoded images and labels (`content_sha256`)."""
+    return content_sha256(self.images, self.labels)
+
+  def statistics_sample(self) -> np.ndarray:
+    """The images the normalisation statistics are computed on: all of them."""
+    return self.images
+
   def subset(self, max_examples: int | None) -> "Split":
     """The first `max_examples` of a fixed (seed 0) permutation, in index order.
 
@@ -45,13 +62,22 @@ class Split:
     return Split(self.images[keep], self.labels[keep])
 
 
+def content_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+  """sha256 of a split as trained on: its shape, then its uint8 images and int32 labels (little
+  endian)."""
+  digest = hashlib.sha256(f"{images.shape}".encode())
+  digest.update(np.ascontiguousarray(images, np.uint8).data)
+  digest.update(np.ascontiguousarray(labels, "<i4").data)
+  return digest.hexdigest()
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """Train and test splits plus class metadata; `summary` as `load_dataset` returns it."""
 
   name: str
-  train: Split
-  test: Split
+  train: Any  # Split, or streaming.StreamSplit
+  test: Any
   class_names: tuple[str, ...]
   summary: Any = None  # checks.DatasetSummary, as `pipeline.load` returns it
   preprocessing: Any = None  # transforms.Preprocessing, as `pipeline.load` returns it
@@ -62,4 +88,9 @@ class Dataset:
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
-    return tuple(self.train.images.shape[1:])
+    return tuple(self.train.image_shape)
+
+  @property
+  def streamed(self) -> bool:
+    """Whether the splits are read on demand (the stream pipeline), not held in memory."""
+    return not isinstance(self.train, Split)

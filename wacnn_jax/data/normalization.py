@@ -5,9 +5,9 @@
 
 "cifar": the reference's CIFAR constants, mean (0.4914, 0.4822, 0.4465) and std
 (0.2023, 0.1994, 0.2010). "dataset": the train split's own (as trained on,
-after `data.max_train_examples`), over every pixel of every image, computed
-once when the data is loaded (float64 sums; the population standard
-deviation). "auto" (the default): "cifar" for CIFAR-10 and CIFAR-100 at 32x32
+after `data.max_train_examples`), over every pixel of every image (of a
+streamed split: of a fixed sample of 5,000), computed once when the data is
+loaded (float64 sums; the population standard deviation). "auto" (the default): "cifar" for CIFAR-10 and CIFAR-100 at 32x32
 (tfds's and the official archives' datasets, or any dataset with their class
 names), so that the reference recipe is unchanged; "dataset" otherwise. The
 choice and the numbers are recorded in dataset.json, checkpoints and
@@ -107,4 +107,4 @@ def choose(setting: str, dataset) -> Normalization:
   if setting == "cifar" or (setting == "auto" and is_cifar(
       dataset.name, dataset.class_names, dataset.image_shape)):
     return CIFAR
-  return of_images(dataset.train.images)
+  return of_images(dataset.train.statistics_sample())

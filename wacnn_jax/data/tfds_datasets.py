@@ -7,6 +7,7 @@ or reading one stored as tfrecord. A dataset prepared as array_record (how
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 from typing import Iterable
 
@@ -136,6 +137,11 @@ def read_tfds(name: str, *, data_dir: str | None, splits=("train", "test"),
           f"tfds dataset {name!r} is not in data.data_dir={data_dir!r} and "
           "cannot be downloaded: no network. " + _offline_hint(name)
       ) from read_error
+    if importlib.util.find_spec("tensorflow") is None:
+      raise DatasetError(
+          f"tfds needs TensorFlow to download and prepare {name!r} (once; reading it later "
+          "does not): pip install tensorflow-cpu (requirements.txt has it; "
+          "requirements-core.txt leaves it out). " + _offline_hint(name)) from read_error
     try:
       builder.download_and_prepare(file_format="array_record")
       result = read_all()

@@ -6,7 +6,7 @@
 
 Images arrive as uint8 NHWC, already of the dataset's one size (`resizing`,
 on the host). The train augmentation goes by that size (`data.augmentation`
-'auto'): the reference's pad-4 random crop and horizontal flip
+'auto', `augmentation_settings`): the reference's pad-4 random crop and horizontal flip
 (`pad_crop_flip`) up to 32x32, torchvision's RandomResizedCrop (scale 0.08-1,
 aspect ratio 3/4-4/3) and flip (`random_resized_crop_flip`) for larger
 images. Evaluation sees the images as stored (resized and centre-cropped
@@ -22,17 +22,11 @@ import math
 import jax
 import jax.numpy as jnp
 
+from wacnn_jax.data.augmentation_settings import (CROP_PADDING, CROP_RATIO, CROP_SCALE,
+                                                   CROP_TRIES, fallback_crop)
 from wacnn_jax.data import normalization as normalizations
 from wacnn_jax.data.normalization import Normalization
 
-CROP_PADDING = 4
-AUGMENTATIONS = ("auto", "pad_crop", "random_resized_crop")
-# 'auto' pads and crops images up to this many pixels on a side, random-resized-crops larger ones.
-PAD_CROP_MAX_SIZE = 32
-# torchvision's RandomResizedCrop defaults.
-CROP_SCALE = (0.08, 1.0)
-CROP_RATIO = (3 / 4, 4 / 3)
-CROP_TRIES = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,19 +54,6 @@ class Preprocessing:
     """The reference recipe's: CIFAR normalisation and pad-crop (models saved before either
     was recorded were trained so)."""
     return cls(tuple(image_size), normalizations.CIFAR, "pad_crop")
-
-
-def choose_augmentation(setting: str, enabled: bool, image_size) -> str:
-  """The train augmentation for `data.augmentation` (`setting`) and `data.augment` (`enabled`)."""
-  if setting not in AUGMENTATIONS:
-    raise ValueError(f"data.augmentation={setting!r}: use 'auto' (pad-crop up to "
-                     f"{PAD_CROP_MAX_SIZE}x{PAD_CROP_MAX_SIZE}, random-resized crop above), "
-                     "'pad_crop' or 'random_resized_crop'.")
-  if not enabled:
-    return "none"
-  if setting == "auto":
-    return "pad_crop" if max(image_size) <= PAD_CROP_MAX_SIZE else "random_resized_crop"
-  return setting
 
 
 def normalize(images: jax.Array, normalization: Normalization, dtype=jnp.float32) -> jax.Array:
@@ -118,24 +99,13 @@ def pad_crop_flip(images: jax.Array, key: jax.Array) -> jax.Array:
   return _flip(crops, flip_key)
 
 
-def _fallback_crop(h: int, w: int) -> tuple[int, int]:
-  """torchvision's crop (height, width) when no try fits: the whole image, its aspect ratio
-  clamped to CROP_RATIO."""
-  ratio = w / h
-  if ratio < CROP_RATIO[0]:
-    return int(round(w / CROP_RATIO[0])), w
-  if ratio > CROP_RATIO[1]:
-    return h, int(round(h * CROP_RATIO[1]))
-  return h, w
-
-
 def crop_boxes(key: jax.Array, n: int, h: int, w: int) -> tuple[jax.Array, ...]:
   """torchvision's RandomResizedCrop boxes for `n` images of H x W: (top, left, height,
   width), each int32 (n,).
 
   Per image, up to CROP_TRIES crops of area scale x H x W (scale uniform in
   CROP_SCALE) and aspect ratio log-uniform in CROP_RATIO; the first that fits
-  is taken at a uniform position, or else the centred `_fallback_crop`.
+  is taken at a uniform position, or else the centred `fallback_crop`.
   """
   scale_key, ratio_key, top_key, left_key = jax.random.split(key, 4)
   area = h * w * jax.random.uniform(scale_key, (n, CROP_TRIES), minval=CROP_SCALE[0],
@@ -148,7 +118,7 @@ def crop_boxes(key: jax.Array, n: int, h: int, w: int) -> tuple[jax.Array, ...]:
   fits = (crop_w > 0) & (crop_w <= w) & (crop_h > 0) & (crop_h <= h)
   first = jnp.argmax(fits, axis=1)
   found = fits.any(axis=1)
-  fallback_h, fallback_w = _fallback_crop(h, w)
+  fallback_h, fallback_w = fallback_crop(h, w)
   pick = lambda values: jnp.take_along_axis(values, first[:, None], axis=1)[:, 0]
   crop_h = jnp.where(found, pick(crop_h), fallback_h)
   crop_w = jnp.where(found, pick(crop_w), fallback_w)
@@ -184,10 +154,11 @@ def resized_crop(image: jax.Array, top, left, crop_h, crop_w) -> jax.Array:
 
 
 def random_resized_crop_flip(images: jax.Array, key: jax.Array) -> jax.Array:
-  """torchvision's RandomResizedCrop(H, W) then a horizontal flip: (N, H, W, C) -> float32
-  (N, H, W, C) in [0, 255]: a box per image (`crop_boxes`) resized back to H x W
-  (`resized_crop`), flipped with probability 1/2."""
+  """torchvision's RandomResizedCrop(H, W) then a horizontal flip on uint8 (N, H, W, C) ->
+  uint8 (N, H, W, C): a box per image (`crop_boxes`) resized back to H x W
+  (`resized_crop`) and rounded, as torchvision rounds uint8 images, then
+  flipped with probability 1/2."""
   n, h, w, _ = images.shape
   box_key, flip_key = jax.random.split(key)
   crops = jax.vmap(resized_crop)(images, *crop_boxes(box_key, n, h, w))
-  return _flip(jnp.clip(crops, 0.0, 255.0), flip_key)
+  return _flip(jnp.clip(jnp.round(crops), 0, 255).astype(jnp.uint8), flip_key)

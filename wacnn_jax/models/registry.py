@@ -17,6 +17,7 @@ looks names up here (`models.create_model`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -100,10 +101,29 @@ def arch_names() -> tuple[str, ...]:
   return tuple(_BACKBONES)
 
 
+# The reference names its CIFAR ResNets after the ImageNet ResNets whose block counts they
+# share; by depth (6n + 2 layers, He et al.) they are these.
+CIFAR_RESNETS_BY_DEPTH = {"resnet20": "resnet18", "resnet32": "resnet34", "resnet56": "resnet50"}
+
+
+def did_you_mean(arch: str) -> str:
+  """What an unknown `arch` most likely meant, as a sentence ('' when nothing is close)."""
+  name = str(arch).lower().replace("-", "").replace(" ", "")
+  if name in CIFAR_RESNETS_BY_DEPTH:
+    depth = name[len("resnet"):]
+    return (f" The {depth}-layer CIFAR ResNet is {CIFAR_RESNETS_BY_DEPTH[name]!r} (the "
+            "reference's name for it).")
+  if name in _BACKBONES:
+    return f" Did you mean {name!r}?"
+  close = difflib.get_close_matches(name, list(_BACKBONES), n=2, cutoff=0.75)
+  return f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+
+
 def backbone(arch: str) -> Backbone:
-  """The registered arch `arch`; ValueError naming the choices otherwise."""
+  """The registered arch `arch`; ValueError naming the choices (and the likely one) otherwise."""
   if arch not in _BACKBONES:
-    raise ValueError(f"unknown arch {arch!r}; choose one of: {', '.join(_BACKBONES)}.")
+    raise ValueError(f"unknown arch {arch!r}.{did_you_mean(arch)} Choose one of: "
+                     f"{', '.join(_BACKBONES)}.")
   return _BACKBONES[arch]
 
 

@@ -224,7 +224,7 @@ def load_test_data(net: Pretrained, image_folder: str | None = None) -> Dataset:
   """The test split of the model's dataset (`data_config`), checked by `check_dataset`."""
   config = data_config(net.record, image_folder)
   try:
-    dataset = pipeline.load(config)
+    dataset = pipeline.load(config, test_in_memory=True)
   except DatasetError as e:
     if config.image_folder:
       raise

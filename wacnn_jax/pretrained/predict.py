@@ -8,7 +8,7 @@ Each image is brought to the model's size and normalised as in training
 (`transforms.Preprocessing` of its weights: `resizing.resize` with its
 resize mode, its normalisation); logits become probabilities by a softmax.
 `images` is one image or a sequence of them, or a uint8 NHWC batch: a
-path, a Pillow image (any mode `image_folders` reads) or a uint8 array
+path, a Pillow image (any mode `image_decoding` reads) or a uint8 array
 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) (alpha dropped).
 """
 
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from wacnn_jax.data import image_folders
+from wacnn_jax.data import image_decoding
 from wacnn_jax.data import resizing
 from wacnn_jax.data import transforms
 from wacnn_jax.data.dataset import DatasetError
@@ -34,7 +34,7 @@ BATCH = 64  # images per forward pass
 def _pixels(image) -> np.ndarray:
   """uint8 (H, W, 3) of one image (see the module docstring)."""
   if isinstance(image, (str, os.PathLike, Image.Image)):
-    return image_folders.read_image(image)
+    return image_decoding.read_image(image)
   array = np.asarray(image)
   if array.dtype != np.uint8:
     raise DatasetError(f"an image array must hold uint8 pixels (0-255), got {array.dtype}; "

@@ -7,6 +7,7 @@
     reproduce       the paper's grid of runs, several at once, within a time budget
     export          a run's trained weights for `wacnn_jax.pretrained.load`
     predict         the top classes of image files by trained weights
+    cache           the dataset and compilation caches listed, and cleared
     command_line    what every command shares: flags parsed, --help, usage errors
     failures        how a command ends: one line on the console, the rest in error.log
 and the modules they are made of: corruptions and eval_results (evaluate),

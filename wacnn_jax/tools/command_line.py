@@ -14,45 +14,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging as python_logging
 import os
 import runpy
 import sys
 from typing import Callable, Mapping, NoReturn
 
 from absl import flags
-from absl import logging
 import ml_collections
 
 from wacnn_jax.files import records
 from wacnn_jax.tools import failures
 from wacnn_jax.training import config_checks
+from wacnn_jax.training import log_output
 
 
-
-# INFO records of these libraries (Orbax's ~40 lines per checkpoint save, JAX's
-# backend probing) are dropped from the console; their warnings and errors stay.
-QUIET_LIBRARY_PATHS = (f"{os.sep}orbax{os.sep}", f"{os.sep}jax{os.sep}_src{os.sep}xla_bridge.py")
-# INFO records that start so, from any library: tfds names the folder of a dataset
-# it is about to read, which does not exist when the dataset is not prepared yet.
-QUIET_LIBRARY_MESSAGES = ("Constructing tf.data.Dataset",)
-
-
-class LibraryInfoFilter(python_logging.Filter):
-  """Drops records below WARNING logged from `QUIET_LIBRARY_PATHS` or starting with
-  `QUIET_LIBRARY_MESSAGES`."""
-
-  def filter(self, record: python_logging.LogRecord) -> bool:
-    return record.levelno >= python_logging.WARNING or not (
-        any(part in record.pathname for part in QUIET_LIBRARY_PATHS)
-        or record.getMessage().startswith(QUIET_LIBRARY_MESSAGES))
-
-
-def quiet_library_logs() -> None:
-  """Keeps the console to wacnn_jax's own progress lines (absl handler filter)."""
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, LibraryInfoFilter) for f in handler.filters):
-    handler.addFilter(LibraryInfoFilter())
 
 def _config_path(argv) -> str | None:
   for i, arg in enumerate(argv):
@@ -266,12 +241,15 @@ def run(name: str, summary: str, command: Command, argv: list[str]) -> int:
 
   `--help` prints the command's help; otherwise its flags are parsed (a bad
   command line is one `error:` line and status 2), absl logging goes to the
-  console with the libraries' INFO lines left out, and SIGINT / SIGTERM end
+  console (`log_output.use_console`: short lines, absl's header with
+  `--verbose`; the libraries' INFO lines left out), and SIGINT / SIGTERM end
   it with one line (`failures.exit_on_signals`) unless it handles them itself.
   """
   argv = resolve_config_path(argv)
   fv = flags.FlagValues()
   command.define(fv, argv)
+  flags.DEFINE_boolean("verbose", False, "Log lines with absl's full header (level, date, "
+                       "thread, file:line), not the time alone.", flag_values=fv)
   program = ("python -m wacnn_jax" if argv[0].endswith("__main__.py")
              else os.path.basename(argv[0]))
   if name != "train" or program != "run_train.py":
@@ -287,9 +265,7 @@ def run(name: str, summary: str, command: Command, argv: list[str]) -> int:
       if not fv[flag].value.strip():
         exit_with_usage_error(f"--{flag} is empty (an unset shell variable?); give a folder.")
       fv[flag].value = os.path.expanduser(fv[flag].value)
-  logging.use_absl_handler()
-  logging.set_verbosity(logging.INFO)
-  quiet_library_logs()
+  log_output.use_console(fv.verbose)
   with (failures.exit_on_signals(command.on_signal) if command.on_signal
         else contextlib.nullcontext()):
     return command.run(fv, args)

@@ -178,6 +178,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   options = options if options is not None else default_options()
   config_checks.validate_config(config)
+  workdirs.check_exists(workdir)
   compilation_cache.enable(config.get("compilation_cache_dir"))
   pairs = noise_sweep(options) if options.noise else []  # validate first
   parallel.initialize_distributed(config)
@@ -223,6 +224,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     raise workdirs.WorkdirError(
         f"cannot write the evaluation files to {workdir} ({e.strerror or e})"
         f"{'; the results are printed above' if verbose else ''}.") from e
+  if verbose:
+    print(f"wrote in {os.path.abspath(workdir)}: eval.json, {', '.join(result['figures'])}",
+          flush=True)
   return result
 
 

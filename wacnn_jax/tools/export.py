@@ -75,7 +75,7 @@ def _checkpoint_dataset(config, identity: dict) -> Dataset:
   (Read from `config.data` for checkpoints that do not record them.)
   """
   if "class_names" not in identity or "image_shape" not in identity:
-    return pipeline.load(config.data)
+    return pipeline.load(config.data, test_in_memory=True)
   empty = Split(np.zeros((0, *identity["image_shape"]), np.uint8), np.zeros((0,), np.int32))
   return Dataset(config.data.dataset, empty, empty, tuple(identity["class_names"]))
 

@@ -161,9 +161,13 @@ def write_error_log(path: str, error: BaseException | None, reports: list[str]) 
   """Writes the library `reports` and `error`'s traceback to `path`; returns a note on where.
 
   Never raises: the error being reported may be that the workdir cannot be written.
+  A folder that does not exist is not created for it (a mistyped --workdir leaves nothing
+  behind): nothing is written, and the note is ''.
   """
+  folder = os.path.dirname(path) or "."
+  if not os.path.isdir(folder):
+    return ""
   try:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
       for text in reports:
         f.write(f"{text}\n")

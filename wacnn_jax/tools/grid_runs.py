@@ -196,6 +196,7 @@ def read_cell(cell_dir: str, expected: dict | None = None) -> dict[int, SeedRun]
 def run_command(cell: Cell, seeds: range, table: str, data: str, workdir: str,
                 overrides: Sequence[str]) -> list[str]:
   command = [sys.executable, RUN_TRAIN, "--config", DEFAULT_CONFIG, "--workdir", workdir,
+             "--verbose",  # train.log keeps absl's full header: level, date, thread, file:line
              f"--config.model.arch={cell.arch}", f"--config.model.attention={cell.attention}",
              f"--config.data.dataset={table}", f"--config.seed={seeds.start}",
              f"--config.num_seeds={len(seeds)}"]

@@ -48,7 +48,8 @@ IGNORED_KEYS = ("seed", "num_seeds", "mode", "checkpoint_step", "eval", "log_eve
                 "coordinator_address", "num_processes", "process_id",
                 "initialization_timeout", "heartbeat_timeout",
                 "steps_per_dispatch", "data.data_dir", "data.download",
-                "data.allow_missing_classes", "data.cache_dir", "compilation_cache_dir")
+                "data.allow_missing_classes", "data.cache_dir", "data.cache_max_gb",
+                "compilation_cache_dir")
 
 
 @dataclasses.dataclass

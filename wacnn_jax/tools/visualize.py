@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Sequence
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from wacnn_jax.data.dataset import Split
 from wacnn_jax import pretrained
+from wacnn_jax.files import records
 from wacnn_jax.tools import command_line
 from wacnn_jax.tools import failures
 from wacnn_jax.tools import figures
@@ -79,6 +81,55 @@ def save_model_figures(model, variables, images, labels, class_names, workdir: s
   return written
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelAbout:
+  """What a model is, as far as comparing it with a baseline goes (None: not known yet)."""
+
+  arch: str
+  attention: str
+  dataset: str | None
+  class_names: tuple[str, ...] | None
+  image_shape: tuple[int, ...] | None
+
+  @classmethod
+  def of_workdir(cls, workdir: str) -> "ModelAbout":
+    """From the run's config.json and dataset.json (its data: None where that is missing)."""
+    config = restore.load_config(workdir)
+    path = os.path.join(workdir, "dataset.json")
+    data = records.read_json(path) if os.path.exists(path) else {}
+    return cls(config.model.arch, config.model.attention, data.get("name"),
+               tuple(data["class_names"]) if "class_names" in data else None,
+               tuple(data["image_shape"][:2]) if "image_shape" in data else None)
+
+  @classmethod
+  def of_weights(cls, record) -> "ModelAbout":
+    return cls(record.arch, record.attention, record.dataset, tuple(record.class_names),
+               tuple(record.image_shape[:2]))
+
+  def differences(self, baseline: "ModelAbout") -> list[str]:
+    """What `baseline` has otherwise than this model, besides its attention: 'architecture
+    resnet34 (baseline) vs resnet18', ...; empty when they are comparable."""
+    fields = (("architecture", "arch"), ("dataset", "dataset"), ("classes", "class_names"),
+              ("image size", "image_shape"))
+    found = []
+    for what, field in fields:
+      ours, theirs = getattr(self, field), getattr(baseline, field)
+      if ours is not None and theirs is not None and ours != theirs:
+        if field == "class_names":
+          ours, theirs = f"{len(ours)} ({', '.join(ours[:3])}, ...)", \
+              f"{len(theirs)} ({', '.join(theirs[:3])}, ...)"
+        elif field == "image_shape":
+          ours, theirs = f"{ours[0]}x{ours[1]}", f"{theirs[0]}x{theirs[1]}"
+        found.append(f"{what} {theirs} (baseline) vs {ours}")
+    return found
+
+
+def baseline_mismatch(baseline: str, differences: list[str]) -> str:
+  return (f"the baseline {baseline} is not the WA model's network without WA: "
+          f"{'; '.join(differences)}. Give a baseline trained with the same architecture "
+          "and data (attention 'none').")
+
+
 def save_attention_maps(workdir: str | None = None, *, pretrained_weights: str | None = None,
                         baseline: str | None = None, baseline_pretrained: str | None = None,
                         images: int = 4, image_folder: str | None = None, replica: int = 0,
@@ -96,23 +147,34 @@ def save_attention_maps(workdir: str | None = None, *, pretrained_weights: str |
   """
 
   def open_model(run_workdir, weights, run_replica, dataset=None):
-    """(model, variables, dataset, its normalisation) of a workdir's best checkpoint or of
-    trained weights."""
+    """(model, variables, dataset, its normalisation, what it is) of a workdir's best
+    checkpoint or of trained weights."""
     if weights is not None:
       net = pretrained.load(weights)
       if dataset is None:
         dataset = pretrained.load_test_data(net, image_folder)
       pretrained.check_dataset(net, dataset)
-      return net.model, net.variables, dataset, net.preprocessing.normalization
+      return (net.model, net.variables, dataset, net.preprocessing.normalization,
+              ModelAbout.of_weights(net.record))
     config = restore.load_config(run_workdir)
     if image_folder:
       config.data.image_folder = image_folder
     run = restore.restore_checkpoint(config, run_workdir, dataset=dataset, replica=run_replica)
-    return run.model, run.variables, run.dataset, run.preprocessing.normalization
+    return (run.model, run.variables, run.dataset, run.preprocessing.normalization,
+            ModelAbout.of_workdir(run_workdir))
 
-  model, variables, dataset, normalization = open_model(workdir, pretrained_weights, replica)
-  base = (open_model(baseline, baseline_pretrained, baseline_replica, dataset)
-          if baseline or baseline_pretrained else None)
+  if workdir and baseline:  # two runs: compared before anything is restored
+    differences = ModelAbout.of_workdir(workdir).differences(ModelAbout.of_workdir(baseline))
+    if differences:
+      raise ValueError(baseline_mismatch(baseline, differences))
+  model, variables, dataset, normalization, about = open_model(workdir, pretrained_weights,
+                                                               replica)
+  base = None
+  if baseline or baseline_pretrained:
+    base = open_model(baseline, baseline_pretrained, baseline_replica, dataset)
+    differences = about.differences(base[4])
+    if differences:
+      raise ValueError(baseline_mismatch(baseline or baseline_pretrained, differences))
   chosen, labels = pick_images(dataset.test, images)
   maps = attention_figures(
       model, variables, chosen, normalization=normalization, labels=labels,

@@ -1,9 +1,12 @@
 """Orbax checkpoints of the training state, with the run's metadata beside them.
 
-Layout: `workdir/checkpoints/<step>/{state,meta}`, written by one
+Layout: `workdir/checkpoints/<step>/{state,meta[,data]}`, written by one
 `orbax.checkpoint.CheckpointManager`; `<step>` is the state's own step count
-(`epoch * steps_per_epoch` at the end of an epoch). `state` is the
-(unreplicated) TrainState pytree; `meta` is JSON: epoch, best test accuracy,
+(`epoch * steps_per_epoch` at the end of an epoch; any step for a checkpoint
+inside an epoch, `epoch_checkpoints`). `state` is the (unreplicated)
+TrainState pytree; `data`, of a streamed run, the stream's position
+(`stream_feed.StreamPosition`, one JSON file per process, written by Grain's
+Orbax handler); `meta` is JSON: epoch, best test accuracy,
 this checkpoint's test accuracy, the epoch's metrics records and the identity
 of the run (model, classes, settings, the data's checksums), so that a
 checkpoint of another run is refused with a clear message instead of a shape
@@ -35,6 +38,8 @@ from absl import logging
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
+
+from wacnn_jax.training.stream_positions import StreamPosition
 
 
 class CheckpointError(RuntimeError):
@@ -200,7 +205,7 @@ class Checkpointer:
     if not create:
       _drop_read_only_notices()
     self._manager = ocp.CheckpointManager(
-        self.directory, item_names=("state", "meta"), options=options)
+        self.directory, item_names=("state", "meta", "data"), options=options)
 
   def __enter__(self) -> "Checkpointer":
     return self
@@ -211,8 +216,9 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, meta: dict) -> None:
-    """Saves asynchronously; `meta['test_accuracy']` ranks the best checkpoint.
+  def save(self, step: int, state: Any, meta: dict, position=None) -> None:
+    """Saves asynchronously; `meta['test_accuracy']` ranks the best checkpoint (not one inside
+    an epoch: `meta['epoch_step']`). `position`: the stream's (`stream_feed.StreamPosition`).
 
     Raises CheckpointError when the checkpoint is not written (Orbax declines
     a step that is not above the latest one), or when the previous save failed
@@ -221,12 +227,15 @@ class Checkpointer:
     meta = dict(meta, identity=self.identity)
     _drop_restore_aftermath()
     self._wait_for_pending_save()
+    items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+    if position is not None:
+      from grain import checkpoint as grain_checkpoint  # pylint: disable=import-outside-toplevel
+      items["data"] = grain_checkpoint.CheckpointSave(position)
     try:
       saved = self._manager.save(
-          step,
-          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  meta=ocp.args.JsonSave(meta)),
-          metrics={"test_accuracy": float(meta["test_accuracy"])})
+          step, args=ocp.args.Composite(**items),
+          metrics=(None if meta.get("epoch_step") else
+                   {"test_accuracy": float(meta["test_accuracy"])}))
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_failed(step, e) from e
     if not saved:
@@ -279,10 +288,23 @@ class Checkpointer:
     return step
 
   def best_step(self) -> int | None:
-    steps = self.all_steps()
+    """The step of the checkpoint with the best test accuracy (of those at an epoch's end, if
+    any)."""
+    steps = ([s for s in self.all_steps() if not self.read_meta(s).get("epoch_step")]
+             or self.all_steps())
     if not steps:
       return None
     return max(steps, key=lambda s: (self.read_meta(s)["test_accuracy"], s))
+
+  def restore_position(self, step: int) -> StreamPosition | None:
+    """The stream position checkpoint `step` saved, or None. (Grain, whose Orbax handler
+    writes it, is imported only by streamed runs.)"""
+    if not os.path.isdir(os.path.join(self.directory, str(step), "data")):
+      return None
+    from grain import checkpoint as grain_checkpoint  # pylint: disable=import-outside-toplevel
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        data=grain_checkpoint.CheckpointRestore(StreamPosition())))
+    return restored["data"]
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
     """Restores checkpoint `step` into the structure of `abstract_state`.

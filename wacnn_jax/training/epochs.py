@@ -1,9 +1,10 @@
-"""An epoch on the devices: the data placed once, compiled train and eval calls.
+"""An epoch on the devices: compiled train and eval calls, fed by the data's feed.
 
 `EpochRunner.train_epoch` runs an epoch of pmapped `steps.train_steps`
-dispatches (a whole epoch per dispatch on GPU/TPU, one step on CPU; see
-`parallel.Topology.loops_in_xla`) and returns its metrics as an `EpochTrain`;
-`EpochRunner.evaluate` runs the test split through `steps.eval_batches`.
+dispatches (with the memory pipeline a whole epoch per dispatch on GPU/TPU,
+one step on CPU; see `parallel.Topology.loops_in_xla` and `feeds`) and
+returns its metrics as an `EpochTrain`; `EpochRunner.evaluate` runs the test
+split through `steps.eval_batches`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import time
 from typing import Callable
 
 from absl import logging
-from flax import jax_utils
 import jax
 import numpy as np
 
 from wacnn_jax import models
 from wacnn_jax.data.dataset import Dataset
+from wacnn_jax.training import epoch_checkpoints
+from wacnn_jax.training import feeds
 from wacnn_jax.training import parallel
 from wacnn_jax.training import status
 from wacnn_jax.training import steps
@@ -44,8 +46,10 @@ class EpochTrain:
   loss: np.ndarray  # (R,) mean over the epoch
   accuracy: np.ndarray  # (R,)
   images: np.ndarray  # (R,) images trained on
-  seconds: float  # training time, without compilation
+  seconds: float  # training time, without compilation (of this process's part of the epoch)
   compile_seconds: float
+  images_per_sec: float = 0.0  # per replica, over `seconds`
+  step_metrics: dict | None = None  # each (R, S): loss_sum, correct, count, learning_rate, ...
 
   def raise_if_diverged(self, epoch: int, seeds: list[int], checkpoint_epoch: int | None,
                         checkpoint_directory: str) -> None:
@@ -59,57 +63,56 @@ class EpochTrain:
 
 
 class EpochRunner:
-  """A run's data on the devices and its compiled train and eval functions.
+  """A run's compiled train and eval functions, fed by its data's `feeds` feed.
 
-  `to_devices(state)` puts the datasets (once) and a host state (R, ...) on
-  the devices; `train_epoch` and `evaluate` take the replicated state.
-  `seeds` are the replicas' seeds (their data orders).
+  `to_devices(state)` puts the data (once, where the feed keeps it there) and
+  a host state (R, ...) on the devices; `train_epoch` and `evaluate` take the
+  replicated state. `seeds` are the replicas' seeds (their data orders).
   """
 
   def __init__(self, config, dataset: Dataset, topology: parallel.Topology,
                learning_rate_fn: Callable, steps_per_epoch: int, seeds: list[int]):
     self.config, self.dataset, self.topology = config, dataset, topology
     self.steps_per_epoch, self.seeds = steps_per_epoch, seeds
-    self.per_device_batch = topology.per_device_batch(config.batch_size)
-    # Steps per dispatch: the whole epoch as one XLA loop, or one step on CPU.
-    self.chunk = config.steps_per_dispatch or (
-        steps_per_epoch if topology.loops_in_xla else 1)
+    self.feed = feeds.create(config, dataset, topology, seeds, steps_per_epoch)
+    # Steps per dispatch: the feed's default (a whole epoch as one XLA loop where the data is
+    # on the devices and loops run fast; one step on CPU) unless the config sets it.
+    self.chunk = config.steps_per_dispatch or self.feed.default_chunk
     self._p_train = steps.make_train_fn(config, dataset.preprocessing, learning_rate_fn,
                                         topology)
     self._p_eval = steps.make_eval_fn(config, dataset.num_classes,
                                       dataset.preprocessing.normalization, topology)
     self._compiled = {}  # chunk length -> compiled train function
     self._compile_seconds = 0.0
-    self._train_data = self._test_data = None
+
+  def close(self) -> None:
+    """Stops what runs beside the devices (the stream's worker processes)."""
+    self.feed.close()
 
   def to_devices(self, state: steps.TrainState) -> steps.TrainState:
-    """Puts the datasets (once) and `state` (host, (R, ...)) on the devices."""
-    if self._train_data is None:
-      self._train_data = jax_utils.replicate(
-          (self.dataset.train.images, self.dataset.train.labels), devices=self.topology.devices)
-      self._test_data = parallel.shard_eval_data(self.dataset.test, self.topology,
-                                                 self.config.eval_batch_size)
+    """Puts the feed's data (once) and `state` (host, (R, ...)) on the devices."""
+    self.feed.to_devices()
     return parallel.replicate_state(state, self.topology)
 
-  def _train(self, state, indices):
-    """One dispatch of `indices.shape[2]` steps, compiling (timed) a new chunk length first.
+  def _train(self, state, images, labels):
+    """One dispatch of `images.shape[2]` steps, compiling (timed) a new chunk length first.
 
     Compiled with `steps.compiler_options()`. With several processes pmap's
     AOT executables take global shapes, so there the first call compiles
     (with XLA's default options), and its time counts as compile time.
     """
-    num_steps = indices.shape[2]
+    num_steps = images.shape[2]
     if num_steps not in self._compiled:
       start = time.perf_counter()
       if self.topology.process_count > 1:
-        outputs = self._p_train(state, *self._train_data, indices)  # compiles, then dispatches
+        outputs = self._p_train(state, images, labels)  # compiles, then dispatches
         self._compiled[num_steps] = self._p_train
         self._compile_seconds += time.perf_counter() - start
         return outputs
-      self._compiled[num_steps] = self._p_train.lower(
-          state, *self._train_data, indices).compile(compiler_options=steps.compiler_options())
+      self._compiled[num_steps] = self._p_train.lower(state, images, labels).compile(
+          compiler_options=steps.compiler_options())
       self._compile_seconds += time.perf_counter() - start
-    return self._compiled[num_steps](state, *self._train_data, indices)
+    return self._compiled[num_steps](state, images, labels)
 
   def log_start(self, first_epoch: int) -> None:
     """The line that says what trains: arch, data, steps, devices, seeds and epochs; and a
@@ -124,33 +127,52 @@ class EpochRunner:
     if hint:
       logging.warning("%s", hint)
 
-  def train_epoch(self, state, epoch: int, show_progress: bool):
+  def train_epoch(self, state, epoch: int, show_progress: bool,
+                  start: epoch_checkpoints.EpochStart = epoch_checkpoints.EpochStart(),
+                  save: Callable | None = None):
     """Trains (0-based) `epoch`: returns the replicated state and an `EpochTrain`.
 
     Dispatches of `chunk` steps, one kept in flight while the host waits for
     the previous one (the progress, `status.StepProgress`, follows the device).
+    `start`: the steps already done (from a checkpoint inside the epoch) and
+    their metrics. `save(state, steps_done, metrics)`, if given, is called
+    after each of the epoch's `epoch_checkpoints.save_points` unless a step
+    so far diverged, with the metrics (R, steps_done) of the epoch so far.
     """
-    start, compile_before = time.perf_counter(), self._compile_seconds
-    indices = np.stack([  # (local_devices, R, steps, per_device_batch)
-        parallel.epoch_indices(len(self.dataset.train), epoch, seed, self.steps_per_epoch,
-                               self.topology, self.per_device_batch)
-        for seed in self.seeds], axis=1)
-    chunks = []
+    start_time = time.perf_counter()
+    compile_before = self._compile_seconds + self.feed.compile_seconds
+    save_after = (epoch_checkpoints.save_points(epoch, self.steps_per_epoch,
+                                                self.config.checkpoint_every_steps)
+                  if save is not None else set())
+    done = [start.metrics] if start.steps else []  # host metrics (R, steps) of earlier parts
+    chunks = []  # device metrics of this session's dispatches
+    timed_images = 0
     with status.StepProgress(self.steps_per_epoch, f"epoch {epoch + 1}/{self.config.num_epochs}",
-                             show_progress) as bar:
-      for begin in range(0, self.steps_per_epoch, self.chunk):
-        state, chunk_metrics = self._train(state, indices[:, :, begin:begin + self.chunk])
+                             show_progress, initial=start.steps) as bar:
+      for begin, count in epoch_checkpoints.dispatches(start.steps, self.steps_per_epoch,
+                                                      self.chunk, save_after):
+        state, chunk_metrics = self._train(
+            state, *self.feed.train_chunk(state, epoch, begin, count))
         if chunks:
           jax.block_until_ready(chunks[-1])
           bar.update(chunks[-1]["count"].shape[2])
         chunks.append(chunk_metrics)
-      # Device 0's copy (they are equal): each metric (R, steps).
-      step_metrics = jax.tree.map(
-          lambda *parts: np.concatenate(parts, axis=1),
-          *jax.device_get([jax.tree.map(lambda x: x[0], m) for m in chunks]))
-      bar.update(chunks[-1]["count"].shape[2])
-    compile_seconds = self._compile_seconds - compile_before
+        if begin + count in save_after:
+          done.append(_fetch(chunks))
+          timed_images += int(done[-1]["count"].sum()) // len(self.seeds)
+          bar.update(chunks[-1]["count"].shape[2])
+          chunks = []
+          so_far = _concatenate(done)
+          if not so_far["diverged"].any():
+            save(state, begin + count, so_far)
+      if chunks:
+        done.append(_fetch(chunks))
+        timed_images += int(done[-1]["count"].sum()) // len(self.seeds)
+        bar.update(chunks[-1]["count"].shape[2])
+    step_metrics = _concatenate(done)
+    compile_seconds = self._compile_seconds + self.feed.compile_seconds - compile_before
     images = step_metrics["count"].sum(axis=1)
+    seconds = time.perf_counter() - start_time - compile_seconds
     return state, EpochTrain(
         losses=step_metrics["loss_sum"] / step_metrics["count"],
         learning_rates=step_metrics["learning_rate"][0],
@@ -158,12 +180,28 @@ class EpochRunner:
         loss=step_metrics["loss_sum"].sum(axis=1) / images,
         accuracy=step_metrics["correct"].sum(axis=1) / images,
         images=images,
-        seconds=time.perf_counter() - start - compile_seconds,
-        compile_seconds=compile_seconds)
+        seconds=seconds,
+        compile_seconds=compile_seconds,
+        images_per_sec=timed_images / max(seconds, 1e-9),
+        step_metrics=step_metrics)
 
   def evaluate(self, state) -> list[dict]:
     """The test split's summary per replica (`steps.summarize_eval`)."""
-    return steps.summarize_eval(parallel.unreplicate(self._p_eval(state, self._test_data)))
+    totals = None
+    for data in self.feed.eval_data():
+      part = self._p_eval(state, data)
+      totals = part if totals is None else jax.tree.map(lambda a, b: a + b, totals, part)
+    return steps.summarize_eval(parallel.unreplicate(totals))
+
+
+def _fetch(chunks: list) -> dict:
+  """Device 0's copy of the dispatches' metrics (they are equal), on the host: each (R, steps)."""
+  return _concatenate(jax.device_get([jax.tree.map(lambda x: x[0], m) for m in chunks]))
+
+
+def _concatenate(parts: list[dict]) -> dict:
+  """Per-step metrics (R, steps) of consecutive parts, joined along the steps."""
+  return jax.tree.map(lambda *arrays: np.concatenate(arrays, axis=1), *parts)
 
 
 def large_image_hint(arch: str, image_shape) -> str | None:

@@ -155,7 +155,7 @@ def epoch_records(epoch: int, runner, train, tests: list[dict], progress, epoch_
       "best_test_accuracy": float(progress.best_accuracy[k]),
       "test_examples": test["count"],
       "test_diverged": not math.isfinite(test["loss"]) or test["loss"] > steps.DIVERGED_LOSS,
-      "images_per_sec": float(train.images[k]) / max(train.seconds, 1e-9),
+      "images_per_sec": float(train.images_per_sec),
       "compile_seconds": train.compile_seconds,
       "startup_seconds": startup_seconds,
       "epoch_seconds": epoch_seconds,

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from wacnn_jax.data import batch_plans
 from wacnn_jax.data.dataset import Split
 
 # The pmap axis over devices: gradients, metrics and BatchNorm statistics are
@@ -132,27 +133,20 @@ def shard_eval_data(split: Split, topology: Topology,
                     global_batch: int) -> EvalData:
   """Pads `split` so every example is evaluated exactly once, then shards it.
 
-  The per-device batch is ceil(global_batch / devices), so any eval batch size
-  works with any device count; padded examples have mask 0.
+  The per-device batch is `eval_batch_size(global_batch, topology)`, so any
+  eval batch size works with any device count; padded examples have mask 0
+  (`batch_plans.eval_layout`).
   """
-  per_device = max(1, math.ceil(global_batch / topology.global_device_count))
-  n = len(split)
-  block = per_device * topology.global_device_count
-  num_batches = max(1, math.ceil(n / block))
-  total = num_batches * block
-  pad = total - n
-  images = np.concatenate([split.images, np.zeros((pad,) + split.images.shape[1:], np.uint8)])
-  labels = np.concatenate([split.labels, np.zeros((pad,), np.int32)])
-  mask = np.concatenate([np.ones((n,), np.bool_), np.zeros((pad,), np.bool_)])
+  indices, mask = batch_plans.eval_layout(
+      len(split), eval_batch_size(global_batch, topology), topology.local_device_count,
+      topology.process_index, topology.process_count)
+  return EvalData(*(put_sharded(array, topology.devices)
+                    for array in (split.images[indices], split.labels[indices], mask)))
 
-  def local(array):  # (total, ...) -> this host's (devices, nb, b, ...)
-    per_host = total // topology.process_count
-    array = array[topology.process_index * per_host:(topology.process_index + 1) * per_host]
-    array = array.reshape((topology.local_device_count, num_batches, per_device)
-                          + array.shape[1:])
-    return put_sharded(array, topology.devices)
 
-  return EvalData(local(images), local(labels), local(mask))
+def eval_batch_size(global_batch: int, topology: Topology) -> int:
+  """The per-device evaluation batch: ceil(global_batch / devices)."""
+  return max(1, math.ceil(global_batch / topology.global_device_count))
 
 
 def put_sharded(array: np.ndarray, devices) -> jax.Array:

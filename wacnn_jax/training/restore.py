@@ -23,6 +23,7 @@ from wacnn_jax.training import checkpointing
 from wacnn_jax.training import run_identity
 from wacnn_jax.training import states
 from wacnn_jax.training import steps
+from wacnn_jax.training import workdirs
 
 
 @dataclasses.dataclass
@@ -51,6 +52,7 @@ class Restored:
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in `workdir/config.json`."""
+  workdirs.check_exists(workdir)
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise checkpointing.CheckpointError(
@@ -82,7 +84,7 @@ def restore_checkpoint(config, workdir: str, step: int = -1,
   try:
     step = checkpoints.find_step(step)
     if dataset is None:
-      dataset = pipeline.load(config.data)
+      dataset = pipeline.load(config.data, test_in_memory=True)
     model = states.create_model(config, dataset.num_classes)
     checkpoints.identity = run_identity.checkpoint_identity(config, dataset)
     state, meta = checkpoints.restore(int(step), states.abstract_train_states(

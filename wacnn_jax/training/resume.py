@@ -2,6 +2,7 @@
 
     state, progress = restore_or_initialize(initial_state, checkpoints, num_replicas)
     progress.epoch            # epochs done; the run trains epoch + 1 .. num_epochs
+    progress.epoch_start      # of epoch + 1, restored from a checkpoint inside it
     progress.add_test_accuracy(accuracies)   # whether the epoch is the best so far
 
 Determinism: the epoch permutation comes from (replica seed, epoch) and every
@@ -19,6 +20,7 @@ import jax
 import numpy as np
 
 from wacnn_jax.training import checkpointing
+from wacnn_jax.training import epoch_checkpoints
 from wacnn_jax.training import steps
 
 
@@ -30,10 +32,19 @@ class Progress:
   best_accuracy: np.ndarray  # (R,) each replica's best test accuracy
   best_mean: float = 0.0  # the best test accuracy averaged over the replicas
   checkpoint_epoch: int | None = None  # the epoch of the newest checkpoint
-  checkpoint_records: list[dict] | None = None  # its epoch's metrics.jsonl records
+  checkpoint_records: list[dict] | None = None  # the last epoch's metrics.jsonl records
+  last_test_accuracy: np.ndarray | None = None  # (R,) the last epoch's
+  epoch_start: epoch_checkpoints.EpochStart = dataclasses.field(
+      default_factory=epoch_checkpoints.EpochStart)
+
+  def take_epoch_start(self) -> epoch_checkpoints.EpochStart:
+    """Where the next epoch starts: its restored part once, then from its beginning."""
+    start, self.epoch_start = self.epoch_start, epoch_checkpoints.EpochStart()
+    return start
 
   def add_test_accuracy(self, test_accuracy: np.ndarray) -> bool:
     """Takes an epoch's test accuracies (R,); whether their mean is the best so far."""
+    self.last_test_accuracy = test_accuracy
     self.best_accuracy = np.maximum(self.best_accuracy, test_accuracy)
     mean = float(test_accuracy.mean())
     is_best = mean >= self.best_mean
@@ -56,17 +67,27 @@ class Progress:
 
 
 def restore_or_initialize(initial_state: Callable[[], steps.TrainState],
-                          checkpoints: checkpointing.Checkpointer, num_replicas: int):
-  """The newest readable checkpoint's (host state, Progress), or the initial ones."""
+                          checkpoints: checkpointing.Checkpointer, num_replicas: int,
+                          feed=None):
+  """The newest readable checkpoint's (host state, Progress), or the initial ones; the
+  stream position it saved checked by `feed` (`feeds`)."""
   restored = checkpoints.restore_latest(jax.eval_shape(initial_state))
   if restored is None:
-    return initial_state(), Progress(0, np.zeros(num_replicas))
+    return initial_state(), Progress(0, np.zeros(num_replicas),
+                                     last_test_accuracy=np.zeros(num_replicas))
   latest, state, meta = restored
   progress = Progress(meta["epoch"], np.asarray(meta["replica_best_test_accuracy"]),
                       meta["best_test_accuracy"], checkpoint_epoch=meta["epoch"],
-                      checkpoint_records=meta.get("records"))
-  logging.info("Resumed from %s/%d: epoch %d, best test accuracy %s",
-               checkpoints.directory, latest, progress.epoch,
+                      checkpoint_records=meta.get("records"),
+                      last_test_accuracy=np.asarray(meta["replica_test_accuracy"]),
+                      epoch_start=epoch_checkpoints.EpochStart.from_meta(meta))
+  position = checkpoints.restore_position(latest)
+  if feed is not None and position is not None:
+    feed.check_position(position, int(np.asarray(state.step).reshape(-1)[0]))
+  inside = (f", step {progress.epoch_start.steps} of epoch {progress.epoch + 1}"
+            if progress.epoch_start.steps else "")
+  logging.info("Resumed from %s/%d: epoch %d%s, best test accuracy %s",
+               checkpoints.directory, latest, progress.epoch, inside,
                " ".join(f"{a:.4f}" for a in progress.best_accuracy))
   return state, progress
 

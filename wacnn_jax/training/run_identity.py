@@ -9,7 +9,6 @@ compares it on restore; a difference is one line naming the fields.
 
 from __future__ import annotations
 
-from wacnn_jax.data import checks
 from wacnn_jax.data import transforms
 from wacnn_jax.data.dataset import Dataset
 from wacnn_jax.files import records
@@ -36,11 +35,12 @@ def checkpoint_identity(config, dataset: Dataset) -> dict:
 # learning rate. Every other field must match the checkpoint's.
 RESUMABLE_FIELDS = (
     "num_epochs", "optimizer.learning_rate", "eval_batch_size", "steps_per_dispatch",
-    "checkpoint_every_epochs", "keep_checkpoints", "log_every_steps",
+    "checkpoint_every_epochs", "checkpoint_every_steps", "keep_checkpoints", "log_every_steps",
     "distributed", "coordinator_address", "num_processes", "process_id",
     "initialization_timeout", "heartbeat_timeout", "compilation_cache_dir",
     "data.dataset", "data.image_folder", "data.data_dir", "data.download", "data.cache_dir",
-    "data.allow_missing_classes")
+    "data.cache_max_gb", "data.allow_missing_classes", "data.pipeline", "data.memory_share",
+    "data.workers")
 
 
 def resume_identity(config, dataset: Dataset) -> dict:
@@ -48,8 +48,9 @@ def resume_identity(config, dataset: Dataset) -> dict:
 
   Every config field but RESUMABLE_FIELDS (the seed, batch size, optimiser,
   schedule, subsets, augmentation, precision, ...), the number of training
-  examples, the data as trained on: the sha256 of each split's decoded
-  images and labels (`checks.content_sha256`), and of the source file
+  examples, the pipeline they take (held in memory or streamed: their batches
+  differ), the data as trained on: the sha256 of each split's decoded
+  images and labels (`Split.checksum`; a streamed split's listing), and of the source file
   where it is one (compared only as `checkpointing.IDENTITY_FALLBACKS` says),
   and its preprocessing (normalisation, augmentation), which a restore for
   evaluation reads back (`recorded_preprocessing`) without comparing it: a
@@ -59,11 +60,12 @@ def resume_identity(config, dataset: Dataset) -> dict:
               if k not in RESUMABLE_FIELDS}
   identity.update(checkpoint_identity(config, dataset))
   identity["training examples (data.max_train_examples)"] = len(dataset.train)
+  identity["data pipeline"] = "stream" if dataset.streamed else "memory"
   for split in ("train", "test"):
     data = getattr(dataset, split)
     identity[f"{split} data sha256"] = (
         dataset.summary.splits[split].sha256 if dataset.summary
-        else checks.content_sha256(data.images, data.labels))
+        else data.checksum())
   if dataset.summary and dataset.summary.source_sha256:
     identity["data source sha256"] = dataset.summary.source_sha256
   if dataset.preprocessing is not None:

@@ -7,9 +7,10 @@
     clock.add_epoch(seconds, compile_seconds); clock.eta_seconds()
     log_summary(...)                        # "finished epoch 160/160 (...): best test top-1 ..."
 
-Everything goes through absl logging (stderr), so that it reaches a log file
-when the output is redirected; only the tqdm bar, which redraws a line, is
-kept to a terminal. Times are formatted by `duration`.
+Everything goes through absl logging (stderr; a notebook's cell output,
+`log_output`), so that it reaches a log file when the output is redirected;
+only the tqdm bar, which redraws a line, is kept to a terminal or a
+notebook. Times are formatted by `duration`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import sys
 import time
 
 from absl import logging
-import tqdm
 
+from wacnn_jax.training import log_output
 # Seconds between progress lines within an epoch when the output is not a terminal.
 LOG_INTERVAL_SECONDS = 60.0
 # When this module was imported: where the process's start time cannot be read.
@@ -43,19 +44,23 @@ def duration(seconds: float) -> str:
 
 
 class StepProgress:
-  """Progress through `total` steps: a tqdm bar on an interactive stderr, otherwise one log
+  """Progress through `total` steps: a tqdm bar on an interactive stderr or in a notebook
+  (`log_output.progress_bar`), otherwise one log
   line every `interval` seconds ('epoch 3/160: step 120 of 390, 1.9 steps/s, ~2 min 22 s
   left'). Disabled (`enabled=False`: processes other than 0) it says nothing.
   """
 
   def __init__(self, total: int, description: str, enabled: bool,
-               interval: float = LOG_INTERVAL_SECONDS, interactive: bool | None = None):
+               interval: float = LOG_INTERVAL_SECONDS, interactive: bool | None = None,
+               initial: int = 0):
+    """`initial`: steps already done (an epoch resumed from a checkpoint inside it)."""
     self.total, self.description, self.interval = total, description, interval
-    interactive = sys.stderr.isatty() if interactive is None else interactive
-    self._bar = tqdm.tqdm(total=total, desc=description, unit="step", leave=False,
-                          disable=not (enabled and interactive))
+    if interactive is None:
+      interactive = sys.stderr.isatty() or log_output.in_notebook()
+    self._bar = log_output.progress_bar(total=total, desc=description, unit="step", leave=False,
+                          initial=initial, disable=not (enabled and interactive))
     self._log = enabled and not interactive
-    self.done = 0
+    self.initial = self.done = initial
     self._start = self._last_line = time.perf_counter()
 
   def update(self, steps: int) -> None:
@@ -64,7 +69,7 @@ class StepProgress:
     now = time.perf_counter()
     if self._log and now - self._last_line >= self.interval and self.done < self.total:
       self._last_line = now
-      rate = self.done / max(now - self._start, 1e-9)
+      rate = (self.done - self.initial) / max(now - self._start, 1e-9)
       logging.info("%s: step %d of %d, %.2f steps/s, ~%s left", self.description, self.done,
                    self.total, rate, duration((self.total - self.done) / rate))
 
@@ -146,13 +151,16 @@ class RunClock:
 def log_summary(epoch: int, num_epochs: int, epochs_trained: int, seconds: float, best: float,
                 best_epoch: int | None, final: float, checkpoint_directory: str,
                 replicas: int = 1) -> None:
-  """The run's last line: where it stopped, what it reached, where the checkpoints are.
+  """The run's last lines: where it stopped, what it reached, what it wrote where.
 
   `epoch`: the last epoch (1-based); `epochs_trained` of them in `seconds` by
-  this process; `best` / `final`: test top-1 (means over `replicas`).
+  this process; `best` / `final`: test top-1 (means over `replicas`). The
+  workdir is the checkpoint directory's parent.
   """
   logging.info(
       "finished epoch %d/%d (%d trained in %s): best test top-1 %.4f%s, final %.4f%s; "
       "checkpoints in %s", epoch, num_epochs, epochs_trained, duration(seconds), best,
       f" (epoch {best_epoch})" if best_epoch else "", final,
       f" (means over {replicas} replicas)" if replicas > 1 else "", checkpoint_directory)
+  logging.info("wrote in %s: checkpoints/, metrics.jsonl, tensorboard/, config.json, "
+               "dataset.json, model_summary.txt", os.path.dirname(checkpoint_directory))

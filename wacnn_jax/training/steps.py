@@ -1,12 +1,15 @@
 """The pure step functions, vmapped over replicas and pmapped over devices.
 
-Data lives on the accelerators: the training set (uint8) is on every local
-device and each step gathers its batch by index, augments and normalises it
-inside the compiled function; the host only sends indices. A pmapped call runs
-many steps under `lax.scan` (`train_steps`) or evaluates many batches
-(`eval_batches`); gradients are averaged with `lax.pmean` over
-`parallel.AXIS_NAME` and BatchNorm statistics are averaged across devices
-(cross-replica BN, through the models' `axis_name`).
+A pmapped call runs many steps under `lax.scan` (`train_steps`) or evaluates
+many batches (`eval_batches`) of uint8 images that are already on the
+devices, augmented: both input pipelines (`feeds`) feed the same compiled
+step with batches of the same shape. Where the training set lives on the
+devices (the memory pipeline), `gather_batches` gathers and augments a
+dispatch's batches by index on the device, with the keys the steps draw
+(`step_keys`), so that the host only sends indices. The step normalises,
+runs forward and backward passes and SGD; gradients are averaged with
+`lax.pmean` over `parallel.AXIS_NAME` and BatchNorm statistics are averaged
+across devices (cross-replica BN, through the models' `axis_name`).
 
 Replicas: every state array has a leading replica axis R (after the device
 axis, under pmap: (devices, R, ...)); `train_steps` and `eval_batches` are
@@ -83,20 +86,26 @@ def scan(body, carry, xs, *, unroll: bool):
   return carry, jax.tree.map(lambda *ys: jnp.stack(ys), *outputs)
 
 
-def train_step(state: TrainState, images, labels, *, preprocessing: transforms.Preprocessing,
+def step_keys(rng, step):
+  """(augmentation key, dropout key) of train step `step` of a replica whose base key is
+  `rng`, on this device: fold_in(fold_in(rng, step), device index), split in two."""
+  step_key = jax.random.fold_in(rng, step)
+  device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS_NAME))
+  augment_key, dropout_key = jax.random.split(device_key)
+  return augment_key, dropout_key
+
+
+def train_step(state: TrainState, images, labels, *, normalization: transforms.Normalization,
                compute_dtype, learning_rate_fn):
-  """One SGD step on a per-device batch of uint8 images (b, H, W, C), labels (b,), augmented
-  and normalised as `preprocessing` says.
+  """One SGD step on a per-device batch of augmented uint8 images (b, H, W, C) and labels (b,),
+  standardised by `normalization`.
 
   Returns the new state and the step's metrics summed over all devices, plus
   the learning rate and `diverged` (bool: mean loss not finite or above
   `DIVERGED_LOSS`, or new parameters not finite; the same on every device).
   """
-  step_key = jax.random.fold_in(state.rng, state.step)
-  device_key = jax.random.fold_in(step_key, jax.lax.axis_index(AXIS_NAME))
-  augment_key, dropout_key = jax.random.split(device_key)
-  images = transforms.augment(images, augment_key, preprocessing.augmentation)
-  x = transforms.normalize(images, preprocessing.normalization, compute_dtype)
+  _, dropout_key = step_keys(state.rng, state.step)
+  x = transforms.normalize(images, normalization, compute_dtype)
 
   def loss_fn(params):
     logits, new_model_state = state.apply_fn(
@@ -125,25 +134,46 @@ def train_step(state: TrainState, images, labels, *, preprocessing: transforms.P
   return new_state, metrics
 
 
-def train_steps(state, train_images, train_labels, indices, *, unroll: bool = False,
-                **step_kwargs):
+def train_steps(state, images, labels, *, unroll: bool = False, **step_kwargs):
   """S steps of R replicas in one dispatch: `train_step` scanned over the steps, vmapped over R.
 
-  `state` holds R replicas (leading axis R); `indices` (R, S, b) are each
-  replica's batches. `train_images` (N, H, W, C) uint8 and `train_labels` (N,)
-  are the whole training set on this device, shared by the replicas. Returns
-  the states and per-step metrics (R, S). `unroll` (used on CPU, see
-  `parallel.Topology.loops_in_xla`) unrolls the loop.
+  `state` holds R replicas (leading axis R); `images` (R, S, b, H, W, C) uint8
+  and `labels` (R, S, b) are each replica's S batches on this device, already
+  augmented (by `gather_batches` from the training set on the device, or by
+  the stream's worker processes). Returns the states and per-step metrics
+  (R, S). `unroll` (used on CPU, see `parallel.Topology.loops_in_xla`)
+  unrolls the loop.
   """
 
-  def replica_steps(state, replica_indices):
-    def body(state, batch_indices):
-      return train_step(state, train_images[batch_indices],
-                        train_labels[batch_indices], **step_kwargs)
+  def replica_steps(state, images, labels):
+    def body(state, batch):
+      return train_step(state, *batch, **step_kwargs)
 
-    return scan(body, state, replica_indices, unroll=unroll)
+    return scan(body, state, (images, labels), unroll=unroll)
 
-  return map_replicas(replica_steps, state, indices)
+  return map_replicas(replica_steps, state, images, labels)
+
+
+def gather_batches(rng, step, train_images, train_labels, indices, *, augmentation: str):
+  """The augmented batches of S train steps of R replicas, from the training set on the device.
+
+  `rng` (R, key) and `step` (R,) are the replicas' `state.rng` and
+  `state.step` at the first of the steps; `indices` (R, S, b) each replica's
+  batches of `train_images` (N, H, W, C) uint8 and `train_labels` (N,).
+  Step s of replica r is augmented (`transforms.augment`) with the key that
+  train step `step + s` of that replica draws (`step_keys`) on this device.
+  Returns images (R, S, b, H, W, C) uint8 and labels (R, S, b).
+  """
+
+  def replica(rng, step, replica_indices):
+    def one_step(s, batch_indices):
+      augment_key, _ = step_keys(rng, step + s)
+      return transforms.augment(train_images[batch_indices], augment_key, augmentation)
+
+    steps = jnp.arange(replica_indices.shape[0], dtype=step.dtype)
+    return jax.vmap(one_step)(steps, replica_indices), train_labels[replica_indices]
+
+  return map_replicas(replica, rng, step, indices)
 
 
 def eval_batches(state, images, labels, mask, *, num_classes: int,
@@ -286,15 +316,22 @@ def compiler_options() -> dict[str, str] | None:
   return None
 
 
+def make_gather_fn(preprocessing: transforms.Preprocessing, topology: parallel.Topology):
+  """pmapped `gather_batches(state.rng, state.step, train_images, train_labels, indices)`."""
+  return jax.pmap(functools.partial(gather_batches, augmentation=preprocessing.augmentation),
+                  axis_name=AXIS_NAME, devices=topology.mapped_devices)
+
+
 def make_train_fn(config, preprocessing: transforms.Preprocessing, learning_rate_fn,
                   topology: parallel.Topology):
-  """pmapped `train_steps(state, train_images, train_labels, indices)`; donates state.
+  """pmapped `train_steps(state, images, labels)`; donates state.
 
   Compile it with `compiler_options()` (`EpochRunner` does).
   """
   return jax.pmap(
       functools.partial(
-          train_steps, preprocessing=preprocessing, unroll=not topology.loops_in_xla,
+          train_steps, normalization=preprocessing.normalization,
+          unroll=not topology.loops_in_xla,
           learning_rate_fn=learning_rate_fn,
           compute_dtype=jnp.bfloat16 if config.half_precision else jnp.float32),
       axis_name=AXIS_NAME, devices=topology.mapped_devices, donate_argnums=(0,))

@@ -7,7 +7,8 @@ Setup: the config is checked (`config_checks`), the devices found
 (`wacnn_jax.data.pipeline`), the run restored from its newest checkpoint or
 initialised (`resume`, `states`). Then per epoch: train (`epochs.EpochRunner`:
 pmapped `steps.train_steps` dispatches), check for divergence, evaluate
-(`steps.eval_batches`), log (`metrics`) and save (`checkpointing`).
+(`steps.eval_batches`), log (`metrics`) and save (`checkpointing`; also
+inside an epoch every `checkpoint_every_steps`, `epoch_checkpoints`).
 
 Replicas: `num_seeds` = R independent replicas (seeds `seed`, `seed + 1`,
 ...) train in one program (`states`); replica k is the single-seed run with
@@ -34,7 +35,9 @@ from wacnn_jax.data import pipeline
 from wacnn_jax.training import checkpointing
 from wacnn_jax.training import compilation_cache
 from wacnn_jax.training import config_checks
+from wacnn_jax.training import epoch_checkpoints
 from wacnn_jax.training import epochs
+from wacnn_jax.training import log_output
 from wacnn_jax.training import metrics
 from wacnn_jax.training import optim
 from wacnn_jax.training import parallel
@@ -63,6 +66,15 @@ def create_runner(config, dataset: Dataset, topology: parallel.Topology):
   return runner, initial_state
 
 
+def save_within_epoch(checkpoints: checkpointing.Checkpointer, runner, progress, epoch: int,
+                      state, steps_done: int, step_metrics: dict) -> None:
+  """Saves a checkpoint after `steps_done` steps of (0-based) `epoch` (`epoch_checkpoints`)."""
+  host_state = parallel.unreplicate(state)
+  checkpoints.save(int(host_state.step[0]), host_state,
+                   epoch_checkpoints.within_epoch_meta(progress, epoch, steps_done, step_metrics),
+                   runner.feed.position())
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        devices=None) -> steps.TrainState:
   """Trains `config` on local `devices` (default: all), writing to `workdir`.
@@ -83,8 +95,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `epochs.DivergenceError`, each with a message.
   """
   # Setup: every check that needs no data first.
+  log_output.show_in_notebook()
   config_checks.validate_config(config)
+  config_checks.warn_of_unreached_boundaries(config)
   compilation_cache.enable(config.get("compilation_cache_dir"))
+  workdirs.check_usable(workdir)
+  pipeline.check_source(config.data)  # a mistyped data.image_folder: before the workdir exists
   parallel.initialize_distributed(config)
   topology = parallel.Topology.current(devices)
   topology.per_device_batch(config.batch_size)
@@ -95,12 +111,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       cleanup.enter_context(workdirs.lock(workdir))
     dataset = pipeline.load(config.data)
     runner, initial_state = create_runner(config, dataset, topology)
+    cleanup.callback(runner.close)
     checkpoints = cleanup.enter_context(checkpointing.Checkpointer(
         workdir, keep=config.keep_checkpoints,
         identity=run_identity.resume_identity(config, dataset)))
     metrics_log = cleanup.enter_context(
         metrics.MetricsLog(workdir, enabled=primary, num_replicas=config.num_seeds))
-    state, progress = resume.restore_or_initialize(initial_state, checkpoints, config.num_seeds)
+    state, progress = resume.restore_or_initialize(initial_state, checkpoints, config.num_seeds,
+                                                   runner.feed)
     # Records of later epochs are from a run that stopped before saving them.
     metrics_log.truncate_after(progress.epoch, progress.checkpoint_records)
     if progress.epoch >= config.num_epochs:
@@ -115,7 +133,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     clock = status.RunClock(progress.epoch, config.num_epochs)
     for epoch in range(progress.epoch, config.num_epochs):
       clock.start_epoch()
-      state, train = runner.train_epoch(state, epoch, show_progress=primary)
+      state, train = runner.train_epoch(
+          state, epoch, show_progress=primary, start=progress.take_epoch_start(),
+          save=functools.partial(save_within_epoch, checkpoints, runner, progress, epoch))
       train.raise_if_diverged(epoch, runner.seeds, progress.checkpoint_epoch,
                               checkpoints.directory)
       tests = runner.evaluate(state)
@@ -127,10 +147,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                               train.learning_rates, config.log_every_steps)
       metrics_log.write_epoch(records)
       metrics.log_records(records, config.num_epochs, clock.eta_seconds())
+      progress.checkpoint_records = records
       if progress.checkpoint_due(epoch + 1, config, is_best):
         host_state = parallel.unreplicate(state)
         checkpoints.save(int(host_state.step[0]), host_state,
-                         progress.checkpoint_meta(epoch + 1, test_accuracy, records))
+                         progress.checkpoint_meta(epoch + 1, test_accuracy, records),
+                         runner.feed.position())
         progress.checkpoint_epoch = epoch + 1
 
     # Finish.

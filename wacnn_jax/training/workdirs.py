@@ -1,7 +1,10 @@
 """The run's workdir: checked before any work, and locked while a run trains.
 
-- `prepare(workdir)` creates the workdir, or checks that the existing one is a
-  writable directory, before anything slow happens.
+- `check_usable(workdir)` refuses an existing workdir that is a file or read-only,
+  creating nothing; `prepare(workdir)` creates the workdir, or checks the existing
+  one, before anything slow happens.
+- `check_exists(workdir)`: the workdir of a finished run, for the tools that read one
+  (evaluate); a missing one is refused before anything is written.
 - `lock(workdir)` holds an exclusive `fcntl.flock` on `workdir/.lock` while a
   run trains, so that a second run in the same workdir is refused (naming the
   process and host that hold it) instead of interleaving metrics and
@@ -25,18 +28,43 @@ class WorkdirError(RuntimeError):
   """The workdir cannot be used: not a directory, not writable, or in use by another run."""
 
 
-def prepare(workdir: str) -> None:
-  """Creates `workdir` if needed; WorkdirError when it is not a writable directory."""
+def check_usable(workdir: str) -> None:
+  """WorkdirError when an existing `workdir` is a file or cannot be written; creates nothing
+  (a workdir that does not exist yet passes: `prepare` makes it)."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f"--workdir {workdir} is a file, not a directory; use another --workdir.")
+  if os.path.isdir(workdir):
+    _check_writable(workdir)
+
+
+def _check_writable(workdir: str) -> None:
   try:
-    os.makedirs(workdir, exist_ok=True)
     with tempfile.TemporaryFile(dir=workdir):
       pass
   except OSError as e:
     raise WorkdirError(
         f"cannot write to --workdir {workdir} ({e.strerror or e}); use a writable "
         "--workdir.") from e
+
+
+def prepare(workdir: str) -> None:
+  """Creates `workdir` if needed; WorkdirError when it is not a writable directory."""
+  check_usable(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(
+        f"cannot write to --workdir {workdir} ({e.strerror or e}); use a writable "
+        "--workdir.") from e
+  _check_writable(workdir)
+
+
+def check_exists(workdir: str) -> None:
+  """WorkdirError unless `workdir` is an existing directory (nothing is created)."""
+  if not os.path.isdir(workdir):
+    raise WorkdirError(
+        f"--workdir {workdir} {'is a file' if os.path.exists(workdir) else 'does not exist'}; "
+        "give the folder of a training run (the --workdir it was trained with).")
 
 
 @contextlib.contextmanager
