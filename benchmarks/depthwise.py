@@ -66,9 +66,14 @@ TRAIN_MODELS = (("mobilenetv2", "mobilenetv2", "none", "mobilenetv2", "haar"),
                 ("resnet18-WA db2", "resnet18", "wa(wavelet='db2')", "resnet18-wa", "db2"))
 
 
+@contextlib.contextmanager
 def implementation(name: str):
-  """A context in which this backend's depthwise convolutions trace as `name`."""
-  return mock.patch.dict(depthwise.DEPTHWISE_IMPLEMENTATION, {jax.default_backend(): name})
+  """A context in which this backend's depthwise convolutions trace as `name`, and the DWT
+  as its depthwise convolution (`wavelets.dwt2_conv`, not the separable filter banks)."""
+  backend = jax.default_backend()
+  with mock.patch.dict(depthwise.DEPTHWISE_IMPLEMENTATION, {backend: name}), \
+      mock.patch.dict(wavelets.DWT_IMPLEMENTATION, {backend: "conv"}):
+    yield
 
 
 def _jax_runner(fn, *args, repeats: int):

@@ -1,7 +1,9 @@
 """The building blocks: pure Flax modules and functions on NHWC arrays, for any network.
 
-    wavelets        dwt2 / idwt2 (pywt's filters, as a strided depthwise convolution),
-                    DWT2D / IDWT2D modules
+    wavelets        dwt2 / idwt2 (pywt's filters; separable filter banks or a strided
+                    depthwise convolution, per backend), DWT2D / IDWT2D modules
+    separable_dwt   two-channel filter banks along one axis (analysis, synthesis), each
+                    the other's VJP
     depthwise       depthwise 2-D convolutions as shifted multiply-adds with their own VJP
     layers          PyTorch-equivalent Conv / BatchNorm / Dense and their initialisers
     attention       WaveletAttention and the comparison modules SE, CBAM, ECA, GC

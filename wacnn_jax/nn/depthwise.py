@@ -11,8 +11,9 @@ elementwise work and per-channel sums. `depthwise_conv2d` picks it or lax's
 grouped convolution per backend (`DEPTHWISE_IMPLEMENTATION`, decided by
 benchmarks/depthwise.py; docs/benchmarks.md "Depthwise convolutions").
 
-Used by MobileNetV2 (`layers.DepthwiseConv`) and by the DWT of every wavelet
-longer than haar (`wavelets.dwt2_conv`: 4 band kernels per channel).
+Used by MobileNetV2 (`layers.DepthwiseConv`) and by the convolution DWT of
+wavelets longer than haar (`wavelets.dwt2_conv`: 4 band kernels per channel;
+the backends whose `wavelets.DWT_IMPLEMENTATION` is "conv").
 """
 
 from __future__ import annotations

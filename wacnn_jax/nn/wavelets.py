@@ -1,4 +1,5 @@
-"""Single-level 2-D discrete wavelet transform as one strided depthwise convolution.
+"""Single-level 2-D discrete wavelet transform: separable filter banks or one strided depthwise
+convolution.
 
 Arrays are NHWC. `dwt2(x)` returns the four bands `(ll, lh, hl, hh)`, each
 (N, ceil(H/2), ceil(W/2), C), with pywt's meaning and values:
@@ -20,16 +21,24 @@ hl = lo x hi, hh = hi x hi. Odd sizes repeat the last row/column first, as
 pywt does. Mode `zero` pads with zeros instead of wrapping (same alignment,
 same output size; this is not pywt's `zero` mode, whose output is larger).
 
+The kernels are outer products, so the same map is separable: filter the
+height with (lo, hi) at stride 2, then the width of both results
+(`dwt2_separable`, by `separable_dwt.analysis`): 2F multiply-adds per input
+pixel instead of the F^2 of the dense kernels (`dwt2_conv`, one strided
+depthwise convolution by `depthwise.depthwise_conv2d`). `dwt2` picks one per
+backend (`DWT_IMPLEMENTATION`); the two agree to float rounding.
+
 For two-tap wavelets (haar) the stride-2 windows do not overlap, and `dwt2`
 applies the same 2x2 kernels as a space-to-depth plus a fixed 4x4 mix
-(`dwt2_two_tap`), one fused elementwise pass instead of a depthwise conv;
-`dwt2_conv` is the general path and gives the same values up to rounding.
+(`dwt2_two_tap`) on every backend, one fused elementwise pass.
 
-`idwt2` is the stride-2 transposed convolution with the synthesis filters
-(rec_lo, rec_hi), followed by folding the p border rows/columns back
-circularly; in periodization mode it inverts `dwt2` exactly (as
-`pywt.idwt2(..., mode="periodization")`). In zero mode the border is cropped
-instead, which is not an exact inverse near the edges.
+`idwt2` is the transpose of the DWT with the synthesis filters (rec_lo,
+rec_hi) in place of the reversed analysis ones: a stride-2 transposed
+convolution followed by folding the p border rows/columns back circularly
+(`idwt2_conv`), or the separable synthesis along the width, then the height
+(`idwt2_separable`), per backend as `dwt2`. In periodization mode it inverts
+`dwt2` exactly (as `pywt.idwt2(..., mode="periodization")`). In zero mode
+the border is cropped instead, which is not an exact inverse near the edges.
 """
 
 from __future__ import annotations
@@ -44,8 +53,16 @@ import numpy as np
 import pywt
 
 from wacnn_jax.nn import depthwise
+from wacnn_jax.nn import separable_dwt
 
 MODES = ("periodization", "zero")
+# How `dwt2` and `idwt2` compute wavelets longer than two taps, per backend ("separable":
+# `dwt2_separable` / `idwt2_separable`; "conv": `dwt2_conv` / `idwt2_conv`). On XLA:CPU the
+# separable forward + gradient of db2, sym4 and bior2.2 at (64, 32, 32, 64) is 6-10x faster
+# than the convolution (benchmarks/cpu_peers.py), the separable idwt2 about 100x faster than
+# lax's transposed grouped convolution. GPUs keep the convolution, the path measured there
+# (benchmarks/depthwise.py). A backend not named uses "conv".
+DWT_IMPLEMENTATION = {"cpu": "separable", "gpu": "conv"}
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -96,7 +113,7 @@ def band_kernels(wavelet: str, synthesis: bool = False,
 
   Analysis (`synthesis=False`): correlation kernels outer(a, b) of the
   reversed analysis filters, used by `dwt2`. Synthesis: outer(a, b) of
-  rec_lo/rec_hi, used (flipped) by the transposed convolution of `idwt2`.
+  rec_lo/rec_hi, used (flipped) by the transposed convolution of `idwt2_conv`.
   """
   f = wavelet_filters(wavelet)
   if synthesis:
@@ -142,23 +159,57 @@ def _make_even(x):
   return x
 
 
-def dwt2(x, wavelet: str = "haar", mode: str = "periodization"):
+def _implementation(implementation: str | None) -> str:
+  if implementation is None:
+    implementation = DWT_IMPLEMENTATION.get(jax.default_backend(), "conv")
+  if implementation not in ("separable", "conv"):
+    raise ValueError(f"DWT implementation {implementation!r} is not one of 'separable', "
+                     "'conv'.")
+  return implementation
+
+
+def dwt2(x, wavelet: str = "haar", mode: str = "periodization", *,
+         implementation: str | None = None):
   """Single-level 2-D DWT of every channel of NHWC `x`: (ll, lh, hl, hh).
 
   Each band is (N, ceil(H/2), ceil(W/2), C) in `x.dtype` (integers become
   float32); see the module docstring for the band meanings (pywt's cA, cH,
-  cV, cD). Computed by `dwt2_conv` (one strided depthwise convolution), except
-  for two-tap wavelets (`haar` and its aliases `db1`, `bior1.1`, `rbio1.1`),
-  whose stride-2 2x2 kernels do not overlap: there the same kernels are
-  applied as a 2x2 space-to-depth plus a fixed 4x4 mix of each pixel's four
-  values (`dwt2_two_tap`), which XLA fuses into one elementwise pass. The two
-  are the same linear map with the same filter values; they differ only in
-  float rounding order (about 1 ulp).
+  cV, cD). Two-tap wavelets (`haar` and its aliases `db1`, `bior1.1`,
+  `rbio1.1`), whose stride-2 2x2 kernels do not overlap, take `dwt2_two_tap`
+  (a 2x2 space-to-depth plus a fixed 4x4 mix that XLA fuses into one
+  elementwise pass); longer ones `dwt2_separable` or `dwt2_conv` as
+  `implementation` says ("separable", "conv", or None for this backend's
+  entry of `DWT_IMPLEMENTATION`). All are the same linear map with the same
+  filter values; they differ only in float rounding order (about 1 ulp).
   """
   _check_mode(mode)  # the two-tap path has no mode to check (both modes agree there)
+  implementation = _implementation(implementation)
   if wavelet_filters(wavelet).length == 2:
     return dwt2_two_tap(x, wavelet)
+  if implementation == "separable":
+    return dwt2_separable(x, wavelet, mode)
   return dwt2_conv(x, wavelet, mode)
+
+
+def dwt2_separable(x, wavelet: str = "haar", mode: str = "periodization"):
+  """`dwt2` for any wavelet as separable filter banks: the height, then the width.
+
+  `separable_dwt.analysis` with the correlation taps lo = dec_lo[::-1],
+  hi = dec_hi[::-1] along the height gives (low, high), each (N, H/2, W, C);
+  along the width of low it gives (ll, hl), of high (lh, hh). Shifted
+  slices and multiply-adds only, forward and backward (its custom VJP is
+  the transposed filter bank); an unused band costs nothing in the backward
+  pass.
+  """
+  _check_mode(mode)
+  _check_nhwc(x, "dwt2")
+  x = _make_even(_as_float(x))
+  f = wavelet_filters(wavelet)
+  lo, hi = f.dec_lo[::-1], f.dec_hi[::-1]
+  low, high = separable_dwt.analysis(x, 1, lo, hi, mode)
+  ll, hl = separable_dwt.analysis(low, 2, lo, hi, mode)
+  lh, hh = separable_dwt.analysis(high, 2, lo, hi, mode)
+  return ll, lh, hl, hh
 
 
 def dwt2_conv(x, wavelet: str = "haar", mode: str = "periodization"):
@@ -227,15 +278,8 @@ def _fold(z, axis: int, size: int, p: int, mode: str):
   return z.reshape(shape).sum(axis=axis)
 
 
-def idwt2(bands, wavelet: str = "haar", mode: str = "periodization"):
-  """Inverse of `dwt2`: (ll, lh, hl, hh), each (N, h, w, C) -> (N, 2h, 2w, C).
-
-  One stride-2 transposed depthwise convolution (`lhs_dilation=2`, 4C inputs,
-  C outputs, `feature_group_count=C`) with the synthesis filters, then the
-  circular fold of the border. `idwt2(dwt2(x)) == x` for even H, W in
-  periodization mode (odd sizes give back the padded, even-sized input).
-  """
-  _check_mode(mode)
+def _bands(bands):
+  """The four bands (ll, lh, hl, hh) as float arrays of one shape and dtype, or a ValueError."""
   if not isinstance(bands, (tuple, list)) or len(bands) != 4:
     raise ValueError("idwt2 takes the four bands (ll, lh, hl, hh) that dwt2 "
                      "returns, as a tuple.")
@@ -245,8 +289,50 @@ def idwt2(bands, wavelet: str = "haar", mode: str = "periodization"):
   if any(b.shape != ll.shape for b in bands):
     raise ValueError("idwt2 needs four bands of the same shape; got "
                      f"{[b.shape for b in bands]}.")
-  n, h, w, c = ll.shape
-  kernels = band_kernels(wavelet, True, jnp.dtype(ll.dtype).name)
+  return bands
+
+
+def idwt2(bands, wavelet: str = "haar", mode: str = "periodization", *,
+          implementation: str | None = None):
+  """Inverse of `dwt2`: (ll, lh, hl, hh), each (N, h, w, C) -> (N, 2h, 2w, C).
+
+  `idwt2_separable` or `idwt2_conv` as `implementation` says ("separable",
+  "conv", or None for this backend's entry of `DWT_IMPLEMENTATION`); they
+  agree to float rounding. `idwt2(dwt2(x)) == x` for even H, W in
+  periodization mode (odd sizes give back the padded, even-sized input).
+  """
+  _check_mode(mode)
+  if _implementation(implementation) == "separable":
+    return idwt2_separable(bands, wavelet, mode)
+  return idwt2_conv(bands, wavelet, mode)
+
+
+def idwt2_separable(bands, wavelet: str = "haar", mode: str = "periodization"):
+  """`idwt2` as separable synthesis filter banks: the width, then the height.
+
+  `separable_dwt.synthesis` with rec_lo, rec_hi: (ll, hl) -> low and
+  (lh, hh) -> high along the width, each (N, h, 2w, C), then (low, high) ->
+  (N, 2h, 2w, C) along the height. Its custom VJP is the analysis filter
+  bank with the same filters.
+  """
+  _check_mode(mode)
+  ll, lh, hl, hh = _bands(bands)
+  f = wavelet_filters(wavelet)
+  low = separable_dwt.synthesis(ll, hl, 2, f.rec_lo, f.rec_hi, mode)
+  high = separable_dwt.synthesis(lh, hh, 2, f.rec_lo, f.rec_hi, mode)
+  return separable_dwt.synthesis(low, high, 1, f.rec_lo, f.rec_hi, mode)
+
+
+def idwt2_conv(bands, wavelet: str = "haar", mode: str = "periodization"):
+  """`idwt2` as one stride-2 transposed depthwise convolution and a circular fold.
+
+  `lhs_dilation=2`, 4C inputs, C outputs, `feature_group_count=C`, with the
+  synthesis filters, then the fold of the p border rows/columns.
+  """
+  _check_mode(mode)
+  bands = _bands(bands)
+  n, h, w, c = bands[0].shape
+  kernels = band_kernels(wavelet, True, jnp.dtype(bands[0].dtype).name)
   f = kernels.shape[0]
   y = jnp.stack(bands, axis=-1).reshape(n, h, w, 4 * c)
   # HWIO (F, F, 4, C), spatially flipped: the transpose of dwt2's correlation.

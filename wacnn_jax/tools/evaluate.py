@@ -178,8 +178,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   """
   options = options if options is not None else default_options()
   config_checks.validate_config(config)
-  workdirs.check_exists(workdir)
   compilation_cache.enable(config.get("compilation_cache_dir"))
+  workdirs.check_exists(workdir)
   pairs = noise_sweep(options) if options.noise else []  # validate first
   parallel.initialize_distributed(config)
   restored = restore.restore_checkpoint(config, workdir, step=options.step, dataset=dataset)
