@@ -7,6 +7,7 @@ import io
 import json
 import os
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -111,8 +112,10 @@ def test_mixed_sizes_train_in_an_imagenet_layout(tmp_path):
 
 
 def test_the_exported_model_evaluates_and_predicts_by_its_path_alone(trained_64, folder_64,
-                                                                     tmp_path):
+                                                                     tmp_path, monkeypatch):
   _, workdir = trained_64
+  # `predict` keeps its compiled programs in the per-machine folder, as every command does.
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "xla"))
   [path] = export.export(workdir, str(tmp_path / "weights"))
   net = pretrained.load(path)
   record = net.record
@@ -138,6 +141,7 @@ def test_the_exported_model_evaluates_and_predicts_by_its_path_alone(trained_64,
                      "--top_k=3"]) == 0
   line = printed.getvalue().strip()
   assert line.startswith(f"{picture}: ") and line.count(",") == 2
+  assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
 
 
 def test_an_unpacked_folder_is_counted_once_by_evaluate_pretrained(trained_64, folder_64,

@@ -253,6 +253,7 @@ def evaluate_pretrained(name_or_path: str, options: ml_collections.ConfigDict | 
     raise ValueError("eval.step and eval.visualize need a --workdir; with --pretrained, see the "
                      "attention maps with `python -m wacnn_jax visualize --pretrained NAME`.")
   pairs = noise_sweep(options) if options.noise else []  # validate first
+  compilation_cache.enable()  # the per-machine folder: weights carry no config that sets it
   net = pretrained.load(name_or_path)
   dataset = pretrained.load_test_data(net, image_folder)
   record = net.record

@@ -14,6 +14,7 @@ from absl import flags
 from wacnn_jax import pretrained
 from wacnn_jax.tools import command_line
 from wacnn_jax.tools import failures
+from wacnn_jax.training import compilation_cache
 
 
 def define_flags(fv: flags.FlagValues, argv: list[str]) -> None:
@@ -37,6 +38,7 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
     command_line.exit_with_usage_error("predict: name one or more image files.")
 
   def predict() -> int:
+    compilation_cache.enable()  # the per-machine folder, as for every command
     net = pretrained.load(fv.pretrained, fv.dataset)
     for path, top in zip(args, net.predict(args, top_k=fv.top_k)):
       print(format_line(path, top), flush=True)

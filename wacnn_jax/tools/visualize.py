@@ -25,6 +25,7 @@ from wacnn_jax.tools import command_line
 from wacnn_jax.tools import failures
 from wacnn_jax.tools import figures
 from wacnn_jax.tools import intermediates
+from wacnn_jax.training import compilation_cache
 from wacnn_jax.training import restore
 
 
@@ -222,6 +223,7 @@ def run(fv: flags.FlagValues, args: list[str]) -> int:
     if fv[replica_flag].value and fv[weights_flag].value:
       command_line.exit_with_usage_error(f"--{replica_flag} picks a replica of a workdir; --{weights_flag} "
                              "is one model.")
+  compilation_cache.enable()  # the per-machine folder, as for every command
   return failures.print_error(lambda: save_attention_maps(
       fv.workdir, pretrained_weights=fv.pretrained, baseline=fv.baseline,
       baseline_pretrained=fv.baseline_pretrained, images=fv.images,
