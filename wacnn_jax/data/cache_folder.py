@@ -147,6 +147,8 @@ def remove_orphans(cache_dir: str) -> None:
                      os.path.basename(index), source)
       except OSError:
         pass
+  # Read again, just before the data files are listed: an index written meanwhile by another
+  # run (before its data file, `cache.read_cached`) keeps that file.
   named = {str(record.get("data")) for record in _indexes(cache_dir).values()}
   for name in os.listdir(cache_dir):
     path = os.path.join(cache_dir, name)

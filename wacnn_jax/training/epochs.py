@@ -145,7 +145,7 @@ class EpochRunner:
                                                 self.config.checkpoint_every_steps)
                   if save is not None else set())
     done = [start.metrics] if start.steps else []  # host metrics (R, steps) of earlier parts
-    chunks = []  # device metrics of this session's dispatches
+    chunks = []  # device metrics of this process's dispatches
     timed_images = 0
     with status.StepProgress(self.steps_per_epoch, f"epoch {epoch + 1}/{self.config.num_epochs}",
                              show_progress, initial=start.steps) as bar:
